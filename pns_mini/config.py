@@ -1,0 +1,124 @@
+"""Typed dataclass config -> command line (+ optional JSON config file); resolved config saved.
+
+Each script defines one flat `@dataclass Config`; a field's help text is the string literal placed
+right under it (as in cleanrl), so the config reads as documentation:
+
+    @dataclass
+    class Config:
+        beta: float = 0.04
+        \"\"\"KL weight to the reference model (0-0.1).\"\"\"
+
+Field `foo_bar` becomes the flag `--foo-bar`; bools get `--foo-bar/--no-foo-bar`; a field typed
+`X | None` accepts the word `none`. `--config FILE.json` supplies values; flags override it.
+Unknown flags and unknown JSON keys are errors.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import types
+import typing
+from pathlib import Path
+
+
+def field_docs(cls) -> dict[str, str]:
+    """{field name: the docstring literal right under it} read from the class source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _base_type(tp):
+    """(base type, optional?) for `X`, `X | None`, `Optional[X]`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _converter(tp, optional):
+    def convert(text):
+        if optional and text.lower() == "none":
+            return None
+        return tp(text)
+    convert.__name__ = tp.__name__
+    return convert
+
+
+def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="JSON file of field values; flags given here override it")
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        flag = "--" + f.name.replace("_", "-")
+        # default=SUPPRESS so that we know which flags the user actually gave (they beat JSON)
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=_converter(tp, optional), default=argparse.SUPPRESS,
+                                metavar=tp.__name__.upper(), help=help_text)
+    return parser
+
+
+def parse_config(cls, argv: list[str] | None = None, description: str | None = None):
+    """Parse argv (default sys.argv[1:]) into an instance of the dataclass `cls`."""
+    parser = build_parser(cls, description)
+    ns = vars(parser.parse_args(argv))
+    values = {}
+    config_file = ns.pop("config", None)
+    if config_file:
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            loaded = json.loads(Path(config_file).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"{config_file}: cannot read JSON config ({e})")
+        for key in loaded:
+            if key not in names:
+                parser.error(f"{config_file}: unknown field '{key}' (accepted: {', '.join(sorted(names))})")
+        values.update(loaded)
+    values.update(ns)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+
+
+def save_config(cfg, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+
+
+def script_description(module_doc: str | None) -> str:
+    return (module_doc or "").strip()
+
+
+def main_guard(main, cls, doc):
+    """`if __name__ == "__main__": main_guard(main, Config, __doc__)`: parse, run, and turn the
+    errors a user can act on (bad input, missing files) into one line instead of a traceback."""
+    from .data import DataError
+    from .modeling import ModelLoadError
+    cfg = parse_config(cls, description=doc)
+    try:
+        return main(cfg)
+    except (DataError, ModelLoadError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,178 @@
+"""The run folder: checkpoints with exact resume, metrics.jsonl, the LR schedule, and plots.
+
+A run folder holds config.json, metrics.jsonl (one row per step), samples.jsonl,
+checkpoints/step-N/ (adapter + optimizer + scheduler + RNG + data position), plots/*.png and
+report.md. Checkpoints are written to a temp folder and renamed, so a crash never leaves a
+checkpoint that resumes wrongly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import iter_jsonl_tolerant
+
+
+# ---------------------------------------------------------------------------------------------
+# LR schedule
+# ---------------------------------------------------------------------------------------------
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str = "cosine") -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based): linear warmup over
+    `warmup_steps`, then cosine decay to 0 at `total_steps`, or constant."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    if kind != "cosine":
+        raise ValueError(f"unknown lr_scheduler_type '{kind}' (accepted: cosine, constant)")
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, kind: str = "cosine"):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, kind))
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state
+# ---------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
+                    extra: dict | None = None, keep_last: int = 2) -> Path:
+    """Write checkpoints/step-{step}/ atomically: the adapter (save_pretrained), and trainer.pt with
+    optimizer, scheduler, RNG states, step and `extra` (e.g. the data position). Older
+    checkpoints beyond `keep_last` are removed."""
+    ckpt_root = Path(output_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp-", dir=ckpt_root))
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_state(), "extra": extra or {}}, tmp / "trainer.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in sorted(list_checkpoints(output_dir))[:-keep_last] if keep_last else []:
+        shutil.rmtree(ckpt_root / f"step-{old}", ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: str | Path) -> list[int]:
+    root = Path(output_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*")
+                  if p.name.split("-")[1].isdigit() and (p / "trainer.pt").exists())
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    steps = list_checkpoints(output_dir)
+    return Path(output_dir) / "checkpoints" / f"step-{steps[-1]}" if steps else None
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
+    """Restore adapter weights, optimizer, scheduler and RNG from checkpoints/step-N/. Returns
+    {"step", "extra"}. The model must already carry a LoRA adapter of the same shape."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = path / "adapter_model.safetensors"
+    if weights.exists():
+        set_peft_model_state_dict(model, load_file(weights, device=str(next(model.parameters()).device)))
+    else:
+        raise FileNotFoundError(f"{path}: no adapter_model.safetensors in checkpoint")
+    state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return {"step": state["step"], "extra": state["extra"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and samples
+# ---------------------------------------------------------------------------------------------
+def read_metrics(path: str | Path) -> list[dict]:
+    return list(iter_jsonl_tolerant(path))
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Keep only rows with step <= last_step (rows written after the checkpoint we resume from
+    are written again by the resumed run, so the file reads as one uninterrupted run)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = [r for r in iter_jsonl_tolerant(path) if r.get("step", 0) <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def plot_metrics(metrics_path: str | Path, out_dir: str | Path, panels: dict[str, list[str]],
+                 x: str = "step") -> list[Path]:
+    """One PNG per panel: {"rewards": ["reward/format", "reward/accuracy"], ...} drawn from
+    metrics.jsonl, so plots can be redrawn after the fact. Keys missing from the rows are skipped."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, keys in panels.items():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        drawn = False
+        for key in keys:
+            pts = [(r[x], r[key]) for r in rows if key in r and r[key] is not None and x in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=2, label=key)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set_xlabel(x)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        target = out_dir / f"{name.replace('/', '_')}.png"
+        fig.savefig(target, dpi=110)
+        plt.close(fig)
+        written.append(target)
+    return written
