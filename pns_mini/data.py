@@ -152,10 +152,9 @@ def unwrap_math(text: str) -> str:
     (`"$x=1$ or $x=2$"`, `"$4$ days"`) is returned stripped but otherwise as it is, because
     removing only the outer `$` would leave a broken `x=1$ or $x=2`."""
     s = text.strip()
-    if len(s) > 4 and s.startswith("$$") and s.endswith("$$"):
-        s = s[1:-1]
-    if re.fullmatch(rf"{_MATH_SPAN}(?:\s*,\s*{_MATH_SPAN})*", s):
-        return ", ".join(m.strip() for m in re.findall(_MATH_SPAN, s))
+    single = s[1:-1] if len(s) > 4 and s.startswith("$$") and s.endswith("$$") else s  # $$x$$ -> $x$
+    if re.fullmatch(rf"{_MATH_SPAN}(?:\s*,\s*{_MATH_SPAN})*", single):
+        return ", ".join(m.strip() for m in re.findall(_MATH_SPAN, single))
     return s
 
 
@@ -254,23 +253,29 @@ class Benchmark:
 
     name: str
     file: str  # path under the data dir, in the upstream layout
-    count: int  # rows in the upstream split; loaders check it only in the tests
+    count: int  # rows in the upstream split (the tests check it against the files)
     convert: Callable[[dict], dict]  # upstream row -> {question, gold[, solution]}
-    id_field: str | None  # upstream id used as f"{name}/{id}" when present and unique
-    hub: tuple[str, str | None, str] | None  # (Hub dataset, config, split) when no file is found
+    id_field: str | None  # upstream id, used as f"{name}/{id}" when every row has one and all differ
+    hub: tuple[str, str | None, str] | None  # (Hub dataset, config, split), tried when no file is found
 
 
-BENCHMARKS: dict[str, Benchmark] = {
-    "gsm8k": Benchmark("gsm8k", "benchmarks/gsm8k/test.jsonl", 1319, _gsm8k_row, "idx", ("openai/gsm8k", "main", "test")),
-    "math500": Benchmark("math500", "benchmarks/math500/test.jsonl", 500, _math500_row, None, ("HuggingFaceH4/MATH-500", None, "test")),
-    "minerva_math": Benchmark("minerva_math", "benchmarks/minerva_math/test.jsonl", 272, _minerva_row, "idx", ("math-ai/minervamath", None, "test")),
-    "olympiadbench": Benchmark("olympiadbench", "benchmarks/olympiadbench/test.jsonl", 675, _olympiadbench_row, "id", ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")),
-    "college_math": Benchmark("college_math", "benchmarks/college_math/test.jsonl", 2818, _college_math_row, None, None),
-    "aime24": Benchmark("aime24", "benchmarks/aime24/test.jsonl", 30, _integer_answer_row, "id", ("HuggingFaceH4/aime_2024", None, "train")),
-    "amc23": Benchmark("amc23", "benchmarks/amc23/test.jsonl", 40, _integer_answer_row, "id", ("math-ai/amc23", None, "test")),
-}
+def _benchmark(name, count, convert, id_field, hub):
+    return Benchmark(name, f"benchmarks/{name}/test.jsonl", count, convert, id_field, hub)
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    _benchmark("gsm8k", 1319, _gsm8k_row, "idx", ("openai/gsm8k", "main", "test")),
+    _benchmark("math500", 500, _math500_row, None, ("HuggingFaceH4/MATH-500", None, "test")),
+    _benchmark("minerva_math", 272, _minerva_row, "idx", ("math-ai/minervamath", None, "test")),
+    _benchmark("olympiadbench", 675, _olympiadbench_row, "id",
+               ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")),  # English, open-ended, text-only
+    _benchmark("college_math", 2818, _college_math_row, None, None),  # no Hub copy known: the file only
+    _benchmark("aime24", 30, _integer_answer_row, "id", ("HuggingFaceH4/aime_2024", None, "train")),
+    _benchmark("amc23", 40, _integer_answer_row, "id", ("math-ai/amc23", None, "test")),
+)}
 ALL_BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "college_math", "aime24", "amc23")
-GSM8K_TRAIN = Benchmark("gsm8k_train", "train/gsm8k/train.jsonl", 7473, _gsm8k_row, None, ("openai/gsm8k", "main", "train"))
+GSM8K_TRAIN = Benchmark("gsm8k_train", "train/gsm8k/train.jsonl", 7473, _gsm8k_row, None,
+                        ("openai/gsm8k", "main", "train"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,18 +327,17 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None) -> list
     path = next((p for p in tried if p.is_file()), None)
     rows = read_jsonl(path) if path else _rows_from_hub(spec, tried)
 
+    upstream_ids = [row.get(spec.id_field) for row in rows] if spec.id_field else [None]
+    use_upstream = None not in upstream_ids and len(set(upstream_ids)) == len(rows)
     problems = []
     for k, row in enumerate(rows):
         try:
-            problems.append(spec.convert(row))
+            fields = spec.convert(row)
         except DataError as e:
             where = f"{path}:{_nonblank_line_number(path, k)}" if path else f"{spec.hub[0]} row {k}"
             raise DataError(f"{where}: {e}") from None
-    upstream_ids = [row.get(spec.id_field) for row in rows] if spec.id_field else []
-    use_upstream = bool(upstream_ids) and None not in upstream_ids and len(set(upstream_ids)) == len(rows)
-    for k, problem in enumerate(problems):
-        problem["id"] = f"{spec.name}/{upstream_ids[k] if use_upstream else k}"
-    return [{"id": p.pop("id"), **p} for p in problems]  # id first, for readable dumps
+        problems.append({"id": f"{spec.name}/{upstream_ids[k] if use_upstream else k}", **fields})
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +366,9 @@ _PEOPLE = [("Tom", "he", "his"), ("Maria", "she", "her"), ("Ravi", "he", "his"),
            ("Ken", "he", "his"), ("Lena", "she", "her"), ("Omar", "he", "his"), ("Sofia", "she", "her")]
 _THINGS = ["apples", "marbles", "stickers", "pencils", "cards", "oranges", "stamps", "shells"]
 
+# Each template: (rng, name, he, his) -> (question, worked steps, answer). Numbers are drawn so
+# that every intermediate value and the answer are positive integers (divisions come out even).
+
 
 def _collect(rng, name, he, his):
     obj = rng.choice(_THINGS)
@@ -379,10 +386,11 @@ def _collect(rng, name, he, his):
 def _change(rng, name, he, his):
     n1, p1, n2, p2 = rng.randint(2, 8), rng.randint(2, 9), rng.randint(2, 6), rng.randint(1, 5)
     cost = n1 * p1 + n2 * p2
-    bill = 50 if cost < 50 else 100
+    bill = next(b for b in (20, 50, 100, 200) if b > cost)  # the smallest note that covers it
     q = (f"{name} buys {n1} notebooks at ${p1} each and {n2} pens at ${p2} each. "
          f"{he.capitalize()} pays with a ${bill} bill. How many dollars of change does {he} get?")
-    steps = [f"The notebooks cost {n1} * {p1} = ${n1 * p1}.", f"The pens cost {n2} * {p2} = ${n2 * p2}.",
+    steps = [f"The notebooks cost {n1} * {p1} = ${n1 * p1}.",
+             f"The pens cost {n2} * {p2} = ${n2 * p2}.",
              f"Together that is {n1 * p1} + {n2 * p2} = ${cost}.",
              f"The change is {bill} - {cost} = ${bill - cost}."]
     return q, steps, bill - cost
@@ -395,18 +403,23 @@ def _savings(rng, name, he, his):
     item = rng.choice(["bike helmet", "board game", "jacket", "pair of shoes"])
     q = (f"{name} saves ${weekly} every week for {weeks} weeks. Then {he} spends ${spent} on a {item}. "
          f"How many dollars does {name} have left?")
-    steps = [f"{name} saves {weekly} * {weeks} = ${saved}.", f"After the {item}, {saved} - {spent} = ${saved - spent} is left."]
+    steps = [f"{name} saves {weekly} * {weeks} = ${saved}.",
+             f"After the {item}, {saved} - {spent} = ${saved - spent} is left."]
     return q, steps, saved - spent
 
 
 def _sharing(rng, name, he, his):
     trays, per_tray, friends = rng.randint(2, 5), rng.choice([6, 8, 10, 12]), rng.randint(2, 6)
     total = trays * per_tray
-    eaten = total % friends + friends * rng.randint(0, 1) or friends  # leaves a multiple of `friends`
+    eaten = total % friends + friends * rng.randint(1, 2)  # what is left splits evenly
+    if eaten >= total:  # only with few, small trays; eat just the remainder (or one round)
+        eaten = total % friends or friends
     each = (total - eaten) // friends
-    q = (f"{name} bakes {trays} trays of cookies with {per_tray} cookies on each tray. {he.capitalize()} eats "
-         f"{eaten} of them and shares the rest equally among {friends} friends. How many cookies does each friend get?")
-    steps = [f"{name} bakes {trays} * {per_tray} = {total} cookies.", f"After eating {eaten}, {total} - {eaten} = {total - eaten} are left.",
+    q = (f"{name} bakes {trays} trays of cookies with {per_tray} cookies on each tray. {he.capitalize()} "
+         f"eats {eaten} of them and shares the rest equally among {friends} friends. "
+         f"How many cookies does each friend get?")
+    steps = [f"{name} bakes {trays} * {per_tray} = {total} cookies.",
+             f"After eating {eaten}, {total} - {eaten} = {total - eaten} are left.",
              f"Each friend gets {total - eaten} / {friends} = {each} cookies."]
     return q, steps, each
 
@@ -415,8 +428,8 @@ def _reading(rng, name, he, his):
     per_day, days, extra = rng.randint(10, 30), rng.randint(2, 7), rng.randint(5, 20)
     read = per_day * days + extra
     pages = read + rng.randint(10, 120)
-    q = (f"A book has {pages} pages. {name} reads {per_day} pages a day for {days} days and then {extra} pages "
-         f"on the next day. How many pages are left to read?")
+    q = (f"A book has {pages} pages. {name} reads {per_day} pages a day for {days} days and then "
+         f"{extra} pages on the next day. How many pages are left to read?")
     steps = [f"In {days} days {name} reads {per_day} * {days} = {per_day * days} pages.",
              f"With the next day that is {per_day * days} + {extra} = {read} pages.",
              f"Pages left: {pages} - {read} = {pages - read}."]
@@ -426,31 +439,35 @@ def _reading(rng, name, he, his):
 def _store(rng, name, he, his):
     obj = rng.choice(["apples", "oranges", "lemons", "eggs"])
     boxes, per_box, monday = rng.randint(4, 12), rng.choice([10, 12, 20, 24]), rng.randint(3, 10)
-    stock = boxes * per_box
-    if 3 * monday >= stock:
-        monday = stock // 4
-    q = (f"{name}'s store has {boxes} boxes of {obj} with {per_box} {obj} in each box. It sells {monday} {obj} "
-         f"on Monday and twice as many on Tuesday. How many {obj} are left?")
-    steps = [f"The store has {boxes} * {per_box} = {stock} {obj}.", f"On Tuesday it sells 2 * {monday} = {2 * monday}.",
-             f"In total it sells {monday} + {2 * monday} = {3 * monday}.", f"Left: {stock} - {3 * monday} = {stock - 3 * monday}."]
+    stock = boxes * per_box  # >= 40 > 3 * monday, so something is always left
+    q = (f"{name}'s store has {boxes} boxes of {obj} with {per_box} {obj} in each box. It sells "
+         f"{monday} {obj} on Monday and twice as many on Tuesday. How many {obj} are left?")
+    steps = [f"The store has {boxes} * {per_box} = {stock} {obj}.",
+             f"On Tuesday it sells 2 * {monday} = {2 * monday}.",
+             f"In total it sells {monday} + {2 * monday} = {3 * monday}.",
+             f"Left: {stock} - {3 * monday} = {stock - 3 * monday}."]
     return q, steps, stock - 3 * monday
 
 
 def _trip(rng, name, he, his):
-    v1, h1, v2, h2 = rng.choice([30, 40, 45, 50, 60]), rng.randint(1, 4), rng.choice([20, 25, 35, 55]), rng.randint(1, 3)
-    q = (f"{name} drives at {v1} miles per hour for {h1} hours, then at {v2} miles per hour for {h2} hours. "
-         f"How many miles does {he} drive in total?")
-    steps = [f"First part: {v1} * {h1} = {v1 * h1} miles.", f"Second part: {v2} * {h2} = {v2 * h2} miles.",
+    v1, h1 = rng.choice([30, 40, 45, 50, 60]), rng.randint(2, 4)
+    v2, h2 = rng.choice([20, 25, 35, 55]), rng.randint(2, 3)
+    q = (f"{name} drives at {v1} miles per hour for {h1} hours, then at {v2} miles per hour for "
+         f"{h2} hours. How many miles does {he} drive in total?")
+    steps = [f"First part: {v1} * {h1} = {v1 * h1} miles.",
+             f"Second part: {v2} * {h2} = {v2 * h2} miles.",
              f"Total: {v1 * h1} + {v2 * h2} = {v1 * h1 + v2 * h2} miles."]
     return q, steps, v1 * h1 + v2 * h2
 
 
 def _wages(rng, name, he, his):
-    rate, hours, days, bonus = rng.randint(8, 20), rng.randint(3, 8), rng.randint(2, 6), rng.choice([10, 15, 20, 25, 50])
+    rate, hours, days = rng.randint(8, 20), rng.randint(3, 8), rng.randint(2, 6)
+    bonus = rng.choice([10, 15, 20, 25, 50])
     daily = rate * hours
-    q = (f"{name} earns ${rate} an hour and works {hours} hours a day for {days} days. {he.capitalize()} also gets "
-         f"a ${bonus} bonus. How many dollars does {name} earn in total?")
-    steps = [f"Each day {name} earns {rate} * {hours} = ${daily}.", f"In {days} days that is {daily} * {days} = ${daily * days}.",
+    q = (f"{name} earns ${rate} an hour and works {hours} hours a day for {days} days. "
+         f"{he.capitalize()} also gets a ${bonus} bonus. How many dollars does {name} earn in total?")
+    steps = [f"Each day {name} earns {rate} * {hours} = ${daily}.",
+             f"In {days} days that is {daily} * {days} = ${daily * days}.",
              f"With the bonus: {daily * days} + {bonus} = ${daily * days + bonus}."]
     return q, steps, daily * days + bonus
 
@@ -462,7 +479,8 @@ def _ages(rng, name, he, his):
     q = (f"{name} is {age} years old. {his.capitalize()} sister is {gap} years older. "
          f"In {years} years, what will be the sum of their ages?")
     steps = [f"The sister is {age} + {gap} = {sister} years old.",
-             f"In {years} years {name} will be {age} + {years} = {age + years} and the sister {sister} + {years} = {sister + years}.",
+             f"In {years} years {name} will be {age} + {years} = {age + years}.",
+             f"The sister will be {sister} + {years} = {sister + years}.",
              f"The sum is {age + years} + {sister + years} = {total}."]
     return q, steps, total
 
@@ -470,9 +488,10 @@ def _ages(rng, name, he, his):
 def _garden(rng, name, he, his):
     rows, per_row, dead, extra = rng.randint(3, 9), rng.randint(4, 12), rng.randint(1, 5), rng.randint(2, 15)
     planted = rows * per_row
-    q = (f"{name} plants {rows} rows of tulips with {per_row} tulips in each row. {dead} tulips do not grow, "
-         f"and later {he} plants {extra} more. How many tulips are growing now?")
-    steps = [f"{name} plants {rows} * {per_row} = {planted} tulips.", f"{planted} - {dead} = {planted - dead} grow.",
+    q = (f"{name} plants {rows} rows of tulips with {per_row} tulips in each row. {dead} tulips do not "
+         f"grow, and later {he} plants {extra} more. How many tulips are growing now?")
+    steps = [f"{name} plants {rows} * {per_row} = {planted} tulips.",
+             f"Of these, {planted} - {dead} = {planted - dead} grow.",
              f"After planting more: {planted - dead} + {extra} = {planted - dead + extra}."]
     return q, steps, planted - dead + extra
 
@@ -501,26 +520,35 @@ def offline_problems(n: int = 200, seed: int = 0) -> list[dict]:
 PROBLEM_FIELDS = ("id", "question", "gold")  # a user JSONL needs these; "solution" is optional
 
 
+def _user_problem(row: dict) -> dict:
+    """One row of a user's problems file, checked: `id` a string or an int, the rest non-empty strings."""
+    pid = row["id"]
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid).strip() == "":
+        raise DataError(f"field 'id' must be a non-empty string or an integer, got {pid!r:.60}")
+    for key in ("question", "gold", "solution"):
+        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+            raise DataError(f"field '{key}' must be a non-empty string, got {row[key]!r:.60}")
+    problem = {"id": str(pid), "question": row["question"], "gold": row["gold"].strip()}
+    if "solution" in row:
+        problem["solution"] = row["solution"]
+    return problem
+
+
 def load_problems_jsonl(path: str | os.PathLike) -> list[dict]:
-    """A user's JSONL of {id, question, gold[, solution]} rows. `id` may be a string or an int;
-    the rest must be non-empty strings; ids must be unique. A bad row raises DataError("FILE:LINE: ...")."""
+    """A user's JSONL of {id, question, gold[, solution]} rows; other fields are ignored and ids
+    must be unique. A bad row raises DataError("FILE:LINE: field ...")."""
     path = Path(path)
     rows = read_jsonl(path, required=PROBLEM_FIELDS)
-    problems, seen = [], {}
+    problems, first_row = [], {}
     for k, row in enumerate(rows):
-        where = lambda: f"{path}:{_nonblank_line_number(path, k)}"  # noqa: E731 (only on error)
-        if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)) or str(row["id"]) == "":
-            raise DataError(f"{where()}: field 'id' must be a non-empty string or an integer, got {row['id']!r:.60}")
-        for key in ("question", "gold") + (("solution",) if "solution" in row else ()):
-            if not isinstance(row[key], str) or not row[key].strip():
-                raise DataError(f"{where()}: field '{key}' must be a non-empty string, got {row[key]!r:.60}")
-        pid = str(row["id"])
-        if pid in seen:
-            raise DataError(f"{where()}: field 'id' {pid!r} repeats line {seen[pid]}")
-        seen[pid] = _nonblank_line_number(path, k)
-        problem = {"id": pid, "question": row["question"], "gold": row["gold"].strip()}
-        if "solution" in row:
-            problem["solution"] = row["solution"]
+        try:
+            problem = _user_problem(row)
+            if problem["id"] in first_row:
+                raise DataError(f"field 'id' {problem['id']!r} repeats line "
+                                f"{_nonblank_line_number(path, first_row[problem['id']])}")
+        except DataError as e:
+            raise DataError(f"{path}:{_nonblank_line_number(path, k)}: {e}") from None
+        first_row[problem["id"]] = k
         problems.append(problem)
     return problems
 
