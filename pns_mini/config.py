@@ -69,7 +69,7 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
     for f in dataclasses.fields(cls):
         tp, optional = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")  # argparse formats help with %
         flag = "--" + f.name.replace("_", "-")
         # default=SUPPRESS so that we know which flags the user actually gave (they beat JSON)
         if tp is bool:

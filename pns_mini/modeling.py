@@ -246,9 +246,10 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logits = out.logits[:, :-1]  # (B, T, V): position t predicts token t+1
     targets = input_ids[:, -T:]  # (B, T)
     rows = []
-    for b in range(logits.shape[0]):
-        row = logits[b].float() / temperature  # (T, V) fp32, one row at a time
-        rows.append(row.gather(-1, targets[b, :, None]).squeeze(-1) - row.logsumexp(-1))
+    # unbind, not logits[b]: indexing would make backward allocate a full (B, T, V) zero tensor per row
+    for row, target in zip(logits.unbind(0), targets.unbind(0)):
+        row = row.float() / temperature  # (T, V) fp32, one row at a time
+        rows.append(row.gather(-1, target[:, None]).squeeze(-1) - row.logsumexp(-1))
     return torch.stack(rows)  # (B, T)
 
 
