@@ -1,0 +1,367 @@
+r"""The negative generator's reward: four named components and the gated composite.
+
+Stage 1 of PNS trains a generator by reverse RL: it is rewarded for solutions that are WRONG
+but look right. The paper gives the parts of its reward; the weights and the gating are ours:
+
+    format        1 if the completion is a well-formed solution (see `format_check`), else 0
+    accuracy      1 if its final answer is verified WRONG (accuracy inversion), else 0
+    reward_model  a reward model's score of the solution, normalised to [0, 1]
+    judge         an LLM judge's rubric score of the reasoning, normalised to [0, 1]
+
+    total = malformed_penalty                                        if not well-formed
+          = w_f * format + w_a * accuracy + w_rm * rm + w_j * judge  if verified wrong
+          = w_f * format + w_a * accuracy (= w_f, accuracy is 0)     otherwise (correct)
+
+Every component is pure, returned separately and logged even when gating keeps it out of the
+total. The anti-hacking choices sit next to the rules below; in short:
+
+* An answer that cannot be found or parsed is a FORMAT failure, never a "wrong answer" win:
+  `accuracy` is 1 only for grading's "wrong" verdict (extracted, parsed, and unequal to the gold
+  under every check); "no_answer" and "unparseable" get the malformed penalty instead.
+* Format gates everything: a malformed completion gets `malformed_penalty` (-1) whatever its
+  other scores, so the generator cannot trade format for plausibility.
+* Plausibility counts only for verified-wrong answers (`plausibility_only_when_wrong`), so a
+  correct, convincing solution never outscores a wrong one: the generator is not paid for
+  drifting back to correct answers, however well written.
+* The reward model and the judge never see the gold answer; they only rate how the solution looks.
+
+Default weights (`DEFAULT_REWARD_WEIGHTS`; the paper does not give them): format 0.5, accuracy
+1.0, reward_model 1.0, judge 1.0. With rm and judge scores in [0, 1] this gives, for every input,
+    malformed (-1)  <  correct (0.5)  <  wrong, least plausible (1.5)  <=  wrong (1.5 .. 3.5),
+the step from malformed to well-formed (1.5) is larger than the step from correct to wrong (1),
+so format is learned first; the two plausibility signals get equal weight since neither is known
+to be better calibrated, and together they span twice the accuracy step, so among wrong answers
+plausibility dominates what the generator learns (the point of the method). Under GRPO's
+group-normalised advantages only these differences matter, not the absolute values.
+The ordering holds for any non-negative weights with accuracy > 0 and malformed_penalty < format
+weight (the last is checked).
+
+This module never imports torch: the model-based scores arrive as lists of floats from
+pns_mini.scorers (or from the scorer objects the TRL adapters below are given).
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from pns_mini import grading
+from pns_mini.data import ANSWER_INSTRUCTION, BOXED_COMMAND
+
+COMPONENTS = ("format", "accuracy", "reward_model", "judge")
+DEFAULT_REWARD_WEIGHTS = {"format": 0.5, "accuracy": 1.0, "reward_model": 1.0, "judge": 1.0}
+MALFORMED_PENALTY = -1.0
+
+# Format rule defaults (format_check's keyword arguments).
+MIN_CHARS = 40  # a whole solution shorter than this (stripped) is too short to hold reasoning
+MAX_CHARS = 6000  # ~1500 tokens; longer non-truncated text is rambling (raise it for long-CoT models)
+MAX_REPEAT_RATIO = 0.5  # at most half of the word 4-grams may be repeats of earlier ones
+MIN_REASONING_WORDS = 10  # words (\w+ runs, so "3*4=12" is 3) before the final \boxed
+MAX_TRAILING_CHARS = 30  # non-space, non-punctuation characters allowed after the final box
+
+FORMAT_REASONS = ("truncated", "too_long", "too_short", "repetition", "no_boxed", "unparseable",
+                  "no_reasoning_before_answer", "text_after_answer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Format
+# ---------------------------------------------------------------------------------------------
+def repeat_ratio(text: str, n: int = 4) -> float:
+    """Share of the word n-grams of `text` (lowercased, split on whitespace) that repeat an
+    earlier n-gram: 1 - unique / total. 0.0 for a text with no n-gram. A sentence looped k times
+    gives about (k - 1) / k."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def last_box_span(text: str) -> tuple[int, int | None] | None:
+    r"""(start, end) of the LAST `\boxed{...}` in `text`, `end` just past its closing brace; braces
+    nest and an escaped character (`\{`, `\}`, `\\`) is skipped. end is None when that box is
+    never closed; None when there is no `\boxed{` at all."""
+    start = text.rfind(BOXED_COMMAND + "{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len(BOXED_COMMAND)
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return start, i + 1
+        i += 1
+    return start, None
+
+
+_TRAILER_NOISE = re.compile(r"\s|[.,;:!?$*()\[\]\\]")  # whitespace, punctuation, $, \] and \) delimiters
+
+
+def format_check(completion: str, truncated: bool, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS,
+                 max_repeat_ratio: float = MAX_REPEAT_RATIO, min_reasoning_words: int = MIN_REASONING_WORDS,
+                 max_trailing_chars: int = MAX_TRAILING_CHARS) -> tuple[bool, str]:
+    r"""(ok, reason): whether `completion` is a well-formed solution; reason is "" when ok, else
+    the FIRST failed rule's code, checked in this order:
+
+    "truncated"    the completion did not stop (no EOS within the length limit): its answer may be
+                   cut off, and rewarding it would teach the generator to ramble to the limit.
+    "too_long"     more than `max_chars` characters (stripped).
+    "too_short"    fewer than `min_chars` characters (stripped).
+    "repetition"   more than `max_repeat_ratio` of its word 4-grams repeat earlier ones
+                   (`repeat_ratio`): degenerate loops are not solutions.
+    "no_boxed"     no `\boxed{` (data.BOXED_COMMAND) at all: the final answer must be boxed;
+                   "#### 5" or "the answer is 5" do not count here, though grading reads them.
+    "unparseable"  the last `\boxed{` is never closed or is empty, or grading.extract_answer does
+                   not return exactly that box's answer (e.g. a later `\fbox{}`): the final answer
+                   must be what grading reads from the last \boxed{}.
+    "no_reasoning_before_answer"  fewer than `min_reasoning_words` words (\w+ runs) before the
+                   last box: a bare answer is not a solution, and the judge and reward model
+                   must have reasoning to rate.
+    "text_after_answer"  more than `max_trailing_chars` characters after the box's closing brace,
+                   not counting whitespace, punctuation, `$`, `\)`, `\]` and `*`. A closing
+                   "\boxed{5}." or "\boxed{18} dollars. I hope it is correct." passes; a second
+                   solution, a new question or a revised answer after the box fails.
+
+    This check needs no gold answer. `score_completions` adds one more condition: grading must be
+    able to compare the answer with the gold (verdict "correct" or "wrong"); a well-formed box
+    the grader cannot parse is reported as format failure "unparseable".
+    """
+    if truncated:
+        return False, "truncated"
+    text = completion.strip()
+    if len(text) > max_chars:
+        return False, "too_long"
+    if len(text) < min_chars:
+        return False, "too_short"
+    if repeat_ratio(text) > max_repeat_ratio:
+        return False, "repetition"
+    span = last_box_span(text)
+    if span is None:
+        return False, "no_boxed"
+    start, end = span
+    if end is None:
+        return False, "unparseable"
+    answer = grading.extract_answer(text)
+    if answer is None or answer != grading.extract_answer(text[start:end]):
+        return False, "unparseable"
+    if len(re.findall(r"\w+", text[:start])) < min_reasoning_words:
+        return False, "no_reasoning_before_answer"
+    if len(_TRAILER_NOISE.sub("", text[end:])) > max_trailing_chars:
+        return False, "text_after_answer"
+    return True, ""
+
+
+def format_reward(completion: str, truncated: bool, **kw) -> float:
+    """1.0 if `format_check` passes, else 0.0. kw: format_check's thresholds."""
+    return 1.0 if format_check(completion, truncated, **kw)[0] else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy inversion
+# ---------------------------------------------------------------------------------------------
+def accuracy_inversion_reward(completion: str, gold: str) -> float:
+    """1.0 when the final answer is verified wrong (grading.is_confidently_wrong: extracted,
+    parsed, and unequal to `gold` under every check), 0.0 otherwise. A correct answer gets 0.0.
+    No extracted answer, or one the grader cannot parse, also gets 0.0: that is a FORMAT failure,
+    never an inversion win (otherwise the cheapest "wrong answer" would be no answer at all)."""
+    return 1.0 if grading.is_confidently_wrong(completion, gold) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Composite
+# ---------------------------------------------------------------------------------------------
+def resolve_weights(weights: dict[str, float] | None = None) -> dict[str, float]:
+    """DEFAULT_REWARD_WEIGHTS overridden by `weights` (a partial dict is fine: {"judge": 0.0}
+    drops the judge). Unknown names, negative or non-finite weights raise ValueError."""
+    out = dict(DEFAULT_REWARD_WEIGHTS)
+    for name, w in (weights or {}).items():
+        if name not in COMPONENTS:
+            raise ValueError(f"unknown reward component {name!r}; components: {', '.join(COMPONENTS)}")
+        if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"reward weight {name}={w!r} must be a finite number >= 0")
+        out[name] = float(w)
+    return out
+
+
+def weights_from_list(values: list[float]) -> dict[str, float]:
+    """TRL-style `reward_weights` (a list, in COMPONENTS order) -> a weights dict."""
+    if len(values) != len(COMPONENTS):
+        raise ValueError(f"reward_weights needs {len(COMPONENTS)} numbers, one per component "
+                         f"({', '.join(COMPONENTS)}), got {len(values)}")
+    return resolve_weights(dict(zip(COMPONENTS, values)))
+
+
+def composite_reward(components: dict[str, float], weights: dict[str, float], *, format_ok: bool, wrong: bool,
+                     malformed_penalty: float = MALFORMED_PENALTY, plausibility_only_when_wrong: bool = True) -> float:
+    """The scalar reward of one completion from its components (each in [0, 1]).
+
+    Malformed (format_ok False): `malformed_penalty`, whatever the other components say.
+    Well-formed: w_format * format + w_accuracy * accuracy, plus w_rm * reward_model + w_judge *
+    judge when the answer is verified `wrong` (or always, with plausibility_only_when_wrong=False;
+    then a correct, convincing solution can outscore a wrong one: an ablation, not the default).
+    `weights` must name every component (pass it through `resolve_weights`)."""
+    if malformed_penalty >= weights["format"]:
+        raise ValueError(f"malformed_penalty={malformed_penalty} must be below the format weight "
+                         f"{weights['format']}, or a malformed completion would score like a correct one")
+    if not format_ok:
+        return malformed_penalty
+    total = weights["format"] * components["format"] + weights["accuracy"] * components["accuracy"]
+    if wrong or not plausibility_only_when_wrong:
+        total += weights["reward_model"] * components["reward_model"] + weights["judge"] * components["judge"]
+    return total
+
+
+def _check_scores(name: str, scores: list[float] | None, n: int) -> list[float]:
+    """Normalised model scores, or zeros when the scorer is off (None)."""
+    if scores is None:
+        return [0.0] * n
+    if len(scores) != n:
+        raise ValueError(f"{name}: {len(scores)} scores for {n} completions")
+    for i, s in enumerate(scores):
+        if not (isinstance(s, (int, float)) and 0.0 <= s <= 1.0):  # NaN fails this too
+            raise ValueError(f"{name}[{i}] = {s!r} is not in [0, 1]: pass normalised scores "
+                             f"(the scorer's __call__, not .raw)")
+    return [float(s) for s in scores]
+
+
+def score_completions(completions: list[str], golds: list[str], truncated: list[bool],
+                      rm_scores: list[float] | None, judge_scores: list[float] | None,
+                      weights: dict[str, float] | None = None, *, malformed_penalty: float = MALFORMED_PENALTY,
+                      plausibility_only_when_wrong: bool = True, **format_kw) -> list[dict]:
+    """Grade and score a batch of completions. One dict per completion:
+
+    total         the composite reward (gated, see `composite_reward`)
+    format        1.0 / 0.0: format_check passed AND grading could compare the answer
+    accuracy      1.0 when the verdict is "wrong" (= accuracy_inversion_reward), else 0.0
+    reward_model  the normalised reward-model score, 0.0 when rm_scores is None (scorer off)
+    judge         the normalised judge score, 0.0 when judge_scores is None (judge off)
+    answer        the extracted answer, or None
+    verdict       grading's verdict: "correct" | "wrong" | "no_answer" | "unparseable"
+    format_reason "" or the failed rule's code (FORMAT_REASONS)
+
+    Components are reported even where the gating leaves them out of `total`, so they can be
+    logged. rm_scores / judge_scores must already be in [0, 1] (the scorers' __call__).
+    weights: partial overrides of DEFAULT_REWARD_WEIGHTS; format_kw: format_check's thresholds.
+    """
+    n = len(completions)
+    if len(golds) != n or len(truncated) != n:
+        raise ValueError(f"{n} completions but {len(golds)} golds and {len(truncated)} truncated flags")
+    rm = _check_scores("rm_scores", rm_scores, n)
+    judge = _check_scores("judge_scores", judge_scores, n)
+    w = resolve_weights(weights)
+    rows = []
+    for i, (completion, gold) in enumerate(zip(completions, golds)):
+        ok, reason = format_check(completion, bool(truncated[i]), **format_kw)
+        graded = grading.grade(completion, gold)
+        if ok and graded.verdict not in ("correct", "wrong"):
+            ok, reason = False, "unparseable"  # a box the grader cannot compare is a format failure
+        wrong = graded.verdict == "wrong"
+        components = {"format": 1.0 if ok else 0.0,
+                      "accuracy": 1.0 if wrong else 0.0,  # = accuracy_inversion_reward, from the one grade() call
+                      "reward_model": rm[i], "judge": judge[i]}
+        total = composite_reward(components, w, format_ok=ok, wrong=wrong, malformed_penalty=malformed_penalty,
+                                 plausibility_only_when_wrong=plausibility_only_when_wrong)
+        rows.append({"total": total, **components, "answer": graded.answer, "verdict": graded.verdict,
+                     "format_reason": reason})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL-style reward functions, for scaling out with trl.GRPOTrainer(reward_funcs=..., args=
+# GRPOConfig(reward_weights=...)). Signature f(prompts, completions, **kwargs) -> list[float];
+# kwargs carry the dataset columns: `gold` (required), `question` (optional, else read from the
+# prompt), `truncated` (optional; TRL does not say which completions hit the length limit, so
+# without it none is treated as truncated: pair with GRPOConfig(mask_truncated_completions=True)).
+# ---------------------------------------------------------------------------------------------
+def _completion_text(completion) -> str:
+    """A TRL completion: a string, or chat messages [{"role": "assistant", "content": ...}]."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m["content"] for m in completion if m.get("role", "assistant") == "assistant")
+
+
+def _question_text(prompt) -> str:
+    """The question from a TRL prompt: the last user message (or the string), with our answer
+    instruction removed. A chat-templated string prompt is returned whole: pass a `question` column."""
+    if not isinstance(prompt, str):
+        prompt = [m for m in prompt if m.get("role") == "user"][-1]["content"]
+    return prompt.strip().removesuffix(ANSWER_INSTRUCTION).strip()
+
+
+def _trl_columns(prompts, completions, kwargs) -> tuple[list[str], list[str], list[str], list[bool]]:
+    if "gold" not in kwargs:
+        raise ValueError("the reward functions need a 'gold' dataset column (the final answer of each problem)")
+    texts = [_completion_text(c) for c in completions]
+    questions = list(kwargs["question"]) if "question" in kwargs else [_question_text(p) for p in prompts]
+    truncated = [bool(t) for t in kwargs.get("truncated", [False] * len(texts))]
+    return questions, texts, list(kwargs["gold"]), truncated
+
+
+def _named(fn, name: str):
+    fn.__name__ = fn.__qualname__ = name  # TRL logs each reward function under its __name__
+    return fn
+
+
+def trl_reward_functions(rm_scorer=None, judge_scorer=None, weights: dict[str, float] | None = None, *,
+                         composite: bool = False, **format_kw) -> tuple[list, list[float]]:
+    """([format, accuracy, reward_model, judge] callables, their weights in that order); with
+    composite=True, ([pns_composite_reward], [1.0]) instead (see `make_pns_composite_reward`).
+
+    Each callable returns ONE ungated component per completion (TRL logs them as
+    rewards/<name>/mean). TRL then sums them weighted, WITHOUT our gating: a malformed completion
+    scores 0 + its rm/judge terms instead of -1, and a correct, plausible solution can outscore a
+    wrong, implausible one. Use `make_pns_composite_reward` (one callable, weight 1.0) for the
+    gated reward of this module. rm_scorer / judge_scorer: callables (questions, completions) ->
+    normalised scores, e.g. scorers.RewardModelScorer / JudgeScorer; None gives zeros."""
+    if composite:
+        return [make_pns_composite_reward(rm_scorer, judge_scorer, weights, **format_kw)], [1.0]
+    w = resolve_weights(weights)
+
+    def rows(prompts, completions, kwargs):
+        _, texts, golds, truncated = _trl_columns(prompts, completions, kwargs)
+        return score_completions(texts, golds, truncated, None, None, **format_kw)
+
+    def model_scores(scorer, prompts, completions, kwargs):
+        questions, texts, _, _ = _trl_columns(prompts, completions, kwargs)
+        return [0.0] * len(texts) if scorer is None else [float(s) for s in scorer(questions, texts)]
+
+    funcs = [
+        _named(lambda prompts, completions, **kw: [r["format"] for r in rows(prompts, completions, kw)], "format"),
+        _named(lambda prompts, completions, **kw: [r["accuracy"] for r in rows(prompts, completions, kw)], "accuracy"),
+        _named(lambda prompts, completions, **kw: model_scores(rm_scorer, prompts, completions, kw), "reward_model"),
+        _named(lambda prompts, completions, **kw: model_scores(judge_scorer, prompts, completions, kw), "judge"),
+    ]
+    return funcs, [w[name] for name in COMPONENTS]
+
+
+def make_pns_composite_reward(rm_scorer=None, judge_scorer=None, weights: dict[str, float] | None = None, *,
+                              malformed_penalty: float = MALFORMED_PENALTY, plausibility_only_when_wrong: bool = True,
+                              **format_kw):
+    """One TRL reward function, named `pns_composite_reward`, returning `score_completions`'
+    gated totals. The model scorers run only on the completions whose plausibility counts
+    (well-formed and verified wrong, unless plausibility_only_when_wrong=False): the others'
+    scores could not change their reward. Use it with reward_weights=[1.0]."""
+    w = resolve_weights(weights)
+
+    def pns_composite_reward(prompts, completions, **kwargs) -> list[float]:
+        questions, texts, golds, truncated = _trl_columns(prompts, completions, kwargs)
+        gate = score_completions(texts, golds, truncated, None, None, w, malformed_penalty=malformed_penalty,
+                                 plausibility_only_when_wrong=plausibility_only_when_wrong, **format_kw)
+        counted = [i for i, r in enumerate(gate)
+                   if r["format"] == 1.0 and (r["verdict"] == "wrong" or not plausibility_only_when_wrong)]
+        scores = {}
+        for name, scorer in (("rm", rm_scorer), ("judge", judge_scorer)):
+            values = [0.0] * len(texts)
+            if scorer is not None and counted:
+                for i, s in zip(counted, scorer([questions[i] for i in counted], [texts[i] for i in counted])):
+                    values[i] = float(s)
+            scores[name] = values
+        rows = score_completions(texts, golds, truncated, scores["rm"], scores["judge"], w,
+                                 malformed_penalty=malformed_penalty,
+                                 plausibility_only_when_wrong=plausibility_only_when_wrong, **format_kw)
+        return [r["total"] for r in rows]
+
+    return pns_composite_reward

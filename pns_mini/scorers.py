@@ -1,0 +1,426 @@
+r"""Model-based scores: a reward model and an LLM judge of the chain of thought -> lists of floats.
+
+The negative generator's reward (pns_mini/rewards.py) and the choice of the most plausible
+negative (synthesize.py) both need "how convincing does this solution look?". Two signals, as in
+the paper, each behind one small interface:
+
+RewardModelScorer(model, tokenizer)(questions, completions) -> scores in [0, 1]; `.raw(...)` gives
+    the logit-scale score (the paper reports raw RM scores such as +3.34 / -3.13). Two kinds:
+    "classifier"  a sequence-classification model with one label (a Bradley-Terry reward model,
+                  e.g. written by train_reward_model.py). Input = the chat template of
+                  [system: SYSTEM_PROMPT, user: prompt_text(question), assistant: completion]
+                  (`reward_model_text`), no generation prompt: the text train_reward_model.py
+                  trains on (the pairs carry the same system + user prompt the policy saw).
+                  raw = the logit; normalised = sigmoid(raw).
+    "generative"  an instruct model asked "Is the proposed solution correct? Answer with Yes or
+                  No." (no gold answer is shown). One forward pass; from the next-token
+                  distribution, raw = log p(Yes) - log p(No), where p(Yes) sums the single-token
+                  variants "Yes" and " Yes" (same for No); normalised = p(Yes) / (p(Yes) + p(No))
+                  = sigmoid(raw). The default when no reward model is given.
+JudgeScorer(model, tokenizer)(questions, completions) -> scores in [0, 1]: the judge rates the
+    reasoning on each criterion of the FIXED rubric `JUDGE_RUBRIC` (0-3), one prompt per
+    criterion, batched, its answer turn pre-filled with "Score:". The score of a criterion is
+    the probability-weighted digit read from the next-token distribution over "0".."3":
+    E = sum_k k p(k) / sum_k p(k), so it is never unparseable and varies smoothly.
+    normalised = mean over criteria of E / 3. The judge is NOT told the gold answer: it rates
+    how plausible the reasoning looks, not whether it is right. `score_detailed` gives the
+    per-criterion expected scores (0-3). Cost: one forward per criterion, ~4x the verifier's.
+
+Shared mechanics: inputs are left-padded and batched (sorted by length, so little padding), with
+position ids that skip the padding, so a score does not depend on the batch it was in. Every
+forward runs under torch.no_grad() in eval mode (the training mode is restored afterwards). A
+prompt longer than `max_length` tokens keeps its template, the question and the END of the
+completion (where the final answer is): tokens are cut from the start of the completion; only
+when the question would leave the completion less than half of `max_length` is the question cut
+from its start as well.
+
+Memory trick: `use_reference=True` runs the forward under `modeling.reference_model(model)`, so a
+LoRA policy with its adapter disabled serves as the base instruct model (the generative reward
+model and the judge) with no second copy of the weights in memory. `build_scorers` does this
+whenever the judge / generative RM is the policy's own base model.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from pns_mini.data import SYSTEM_PROMPT, prompt_text
+from pns_mini.modeling import (ModelLoadError, load_model_and_tokenizer, position_ids_from_mask, reference_model,
+                               resolve_model_path, sequence_scores)
+
+# ---------------------------------------------------------------------------------------------
+# Prompts. The completion is inserted through a placeholder so that we can tokenize the text
+# before it, the completion, and the text after it separately (needed to truncate the completion
+# from its start while keeping the template intact).
+# ---------------------------------------------------------------------------------------------
+COMPLETION_SLOT = "\x00PNS-COMPLETION\x00"
+
+VERIFIER_PROMPT = (
+    "Below is a math problem and a proposed solution.\n\n"
+    "Problem:\n{question}\n\n"
+    "Proposed solution:\n{completion}\n\n"
+    "Is the proposed solution correct, with the right final answer? Answer with Yes or No.")
+YES_VARIANTS = ("Yes", " Yes")
+NO_VARIANTS = ("No", " No")
+
+# The rubric is fixed here, in the code, so every run scores reasoning the same way. It rates how
+# the reasoning LOOKS (its plausibility), which is what a convincing wrong solution needs; the
+# judge never sees the gold answer.
+JUDGE_RUBRIC: dict[str, str] = {
+    "logical_flow": "Each step follows from the previous ones, and together the steps lead to the final answer.",
+    "step_validity": "Each calculation and claim looks valid as written: no visible arithmetic slips, "
+                     "unjustified jumps or contradictions.",
+    "relevance": "The steps use the quantities and conditions given in the problem and work toward what it asks.",
+    "completeness": "The solution covers every part of the problem, skips no needed step, "
+                    "and ends with a clearly stated final answer.",
+}
+JUDGE_SCALE = "0 = absent or badly flawed, 1 = weak, 2 = mostly good with minor issues, 3 = fully met"
+JUDGE_SCORES = ("0", "1", "2", "3")
+JUDGE_PROMPT = (
+    "You are grading the reasoning in a student's solution to a math problem, on one criterion.\n\n"
+    "Criterion \"{name}\": {description}\n"
+    "Scale: {scale}\n\n"
+    "Problem:\n{question}\n\n"
+    "Solution:\n{completion}\n\n"
+    "Rate the solution on the criterion \"{name}\". Reply with a single digit from 0 to 3.")
+# The judge's answer turn is pre-filled with this, so that the next token is the digit. On
+# SmolLM2-135M-Instruct it moves the probability mass on "0".."3" from ~5% to ~43%.
+JUDGE_ANSWER_PREFIX = "Score:"
+
+
+def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    """The tokenizer's chat template, or a plain "Role: text" layout for a tokenizer without one."""
+    if getattr(tokenizer, "chat_template", None):
+        # enable_thinking=False: a hybrid-reasoning template (Qwen3) then answers at once; others ignore it.
+        extra = {"enable_thinking": False} if add_generation_prompt else {}
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **extra)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+    return text + ("Assistant: " if add_generation_prompt else "")
+
+
+def _split_on_slot(text: str) -> tuple[str, str]:
+    head, sep, tail = text.partition(COMPLETION_SLOT)
+    if not sep or COMPLETION_SLOT in tail:
+        raise ValueError("the chat template altered the completion placeholder; cannot build the scoring prompt")
+    return head, tail
+
+
+def reward_model_text(tokenizer, question: str, completion: str) -> str:
+    """The text a classifier reward model scores: the chat template of [system: SYSTEM_PROMPT,
+    user: prompt_text(question), assistant: completion], no generation prompt; the same text
+    train_reward_model.py builds from a synthesize.py pair."""
+    head, tail = reward_model_parts(tokenizer, question)
+    return head + completion + tail
+
+
+def reward_model_parts(tokenizer, question: str) -> tuple[str, str]:
+    """(text before the completion, text after it) for the classifier reward model."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt_text(question)},
+                {"role": "assistant", "content": COMPLETION_SLOT}]
+    return _split_on_slot(_chat(tokenizer, messages, add_generation_prompt=False))
+
+
+def verifier_parts(tokenizer, question: str) -> tuple[str, str]:
+    """(text before the completion, text after it) for the generative reward model: the verifier
+    question as the user turn, followed by the assistant generation prompt."""
+    user = VERIFIER_PROMPT.format(question=question.strip(), completion=COMPLETION_SLOT)
+    return _split_on_slot(_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True))
+
+
+def judge_parts(tokenizer, question: str, name: str, answer_prefix: str = "") -> tuple[str, str]:
+    """(text before the completion, text after it) for one rubric criterion; the text after it
+    ends with the assistant generation prompt followed by `answer_prefix`."""
+    user = JUDGE_PROMPT.format(name=name, description=JUDGE_RUBRIC[name], scale=JUDGE_SCALE,
+                               question=question.strip(), completion=COMPLETION_SLOT)
+    head, tail = _split_on_slot(_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True))
+    return head, tail + answer_prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizing, truncating, batching.
+# ---------------------------------------------------------------------------------------------
+def encode_with_completion(tokenizer, head: str, completion: str, tail: str, max_length: int) -> list[int]:
+    """Token ids of head + completion + tail, at most `max_length` of them. Over-long inputs lose
+    the START of the completion (the final answer is at its end and must stay); if the head alone
+    leaves the completion less than half of `max_length`, the head is cut from its start too.
+    An input that fits is tokenized in one piece, exactly as tokenizer(head + completion + tail)."""
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    whole = enc(head + completion + tail)
+    if len(whole) <= max_length:
+        return whole
+    h, c, t = enc(head), enc(completion), enc(tail)  # pieces, so the cut falls inside the completion
+    keep = min(len(c), max(max_length - len(h) - len(t), max_length // 2))
+    c = c[len(c) - keep:]
+    over = len(h) + len(c) + len(t) - max_length
+    if over > 0:
+        h = h[over:]
+    if len(h) + len(c) + len(t) > max_length:
+        raise ValueError(f"max_length={max_length} is too small for the scoring prompt ({len(t)} tokens follow "
+                         f"the completion); raise max_length")
+    return h + c + t
+
+
+def single_token_ids(tokenizer, variants: tuple[str, ...]) -> list[int]:
+    """Ids of the variants that are ONE token each (" 3" is two tokens in some tokenizers)."""
+    ids = []
+    for v in variants:
+        enc = tokenizer(v, add_special_tokens=False)["input_ids"]
+        if len(enc) == 1 and enc[0] not in ids:
+            ids.append(enc[0])
+    if not ids:
+        raise ValueError(f"none of {variants} is a single token for this tokenizer: the score cannot be read")
+    return ids
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask  # (B, L), (B, L)
+
+
+@contextlib.contextmanager
+def _inference(model, use_reference: bool):
+    """no_grad + eval mode (+ adapter disabled), restoring the training mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (reference_model(model) if use_reference else contextlib.nullcontext()):
+            yield
+    finally:
+        model.train(was_training)
+
+
+class _BatchedScorer:
+    """Holds the model and runs `self._forward(ids, mask) -> (B, ...)` over batches of token rows."""
+
+    def __init__(self, model, tokenizer, *, use_reference: bool = False, batch_size: int = 8, max_length: int = 2048):
+        if batch_size < 1 or max_length < 16:
+            raise ValueError(f"batch_size must be >= 1 and max_length >= 16, got {batch_size}, {max_length}")
+        self.model, self.tokenizer = model, tokenizer
+        self.use_reference, self.batch_size, self.max_length = use_reference, batch_size, max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ValueError("the scorer's tokenizer has neither a pad nor an EOS token to pad with")
+
+    def _run(self, rows: list[list[int]]) -> torch.Tensor:
+        """rows -> stacked per-row outputs (N, ...) on the CPU, in the input order. Rows are batched
+        longest first so that each batch carries little padding."""
+        if not rows:
+            return torch.empty(0)
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        with _inference(self.model, self.use_reference):
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                ids, mask = _left_pad([rows[i] for i in chunk], self.pad_id)
+                values = self._forward(ids.to(device), mask.to(device)).float().cpu()  # (B, ...)
+                for j, i in enumerate(chunk):
+                    out[i] = values[j]
+        return torch.stack(out)
+
+    def _next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log p(next token | row) at the last position of each left-padded row; (B, L) -> (B, V) fp32."""
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                            logits_to_keep=1, use_cache=False).logits[:, -1]  # (B, V)
+        return logits.float().log_softmax(-1)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _check_lengths(questions: list[str], completions: list[str]) -> None:
+    if len(questions) != len(completions):
+        raise ValueError(f"{len(questions)} questions but {len(completions)} completions: pass one question per completion")
+
+
+def _unwrapped(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward model: classifier (trained Bradley-Terry head) or generative (Yes/No verifier).
+# ---------------------------------------------------------------------------------------------
+class RewardModelScorer(_BatchedScorer):
+    """Reward-model scores of (question, completion) pairs. `__call__` -> normalised scores in
+    [0, 1] (= sigmoid(raw)); `raw` -> logit-scale scores. `kind` is "classifier" or "generative";
+    None picks "classifier" for a *ForSequenceClassification model, else "generative"."""
+
+    def __init__(self, model, tokenizer, *, kind: str | None = None, use_reference: bool = False,
+                 batch_size: int = 8, max_length: int = 2048):
+        super().__init__(model, tokenizer, use_reference=use_reference, batch_size=batch_size, max_length=max_length)
+        is_classifier = type(_unwrapped(model)).__name__.endswith("ForSequenceClassification")
+        self.kind = kind or ("classifier" if is_classifier else "generative")
+        if self.kind not in ("classifier", "generative"):
+            raise ValueError(f"kind must be 'classifier' or 'generative', got {self.kind!r}")
+        if self.kind == "classifier":
+            if not is_classifier:
+                raise ValueError(f"a classifier reward model must be a sequence-classification model, "
+                                 f"got {type(_unwrapped(model)).__name__}")
+            if model.config.num_labels != 1 or model.config.pad_token_id is None:
+                raise ValueError(f"a classifier reward model needs num_labels=1 and a pad_token_id "
+                                 f"(got {model.config.num_labels}, {model.config.pad_token_id}); "
+                                 f"load it with load_model_and_tokenizer(path, num_labels=1)")
+        else:
+            self.yes_ids = single_token_ids(tokenizer, YES_VARIANTS)
+            self.no_ids = single_token_ids(tokenizer, NO_VARIANTS)
+
+    def _parts(self, question: str) -> tuple[str, str]:
+        if self.kind == "classifier":
+            return reward_model_parts(self.tokenizer, question)
+        return verifier_parts(self.tokenizer, question)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.kind == "classifier":
+            return sequence_scores(self.model, ids, mask)  # (B,) the logit of the last real token
+        logp = self._next_token_logprobs(ids, mask)  # (B, V)
+        return logp[:, self.yes_ids].logsumexp(-1) - logp[:, self.no_ids].logsumexp(-1)  # (B,) log p(Yes)/p(No)
+
+    def raw(self, questions: list[str], completions: list[str]) -> list[float]:
+        _check_lengths(questions, completions)
+        rows = []
+        for question, completion in zip(questions, completions):
+            head, tail = self._parts(question)
+            rows.append(encode_with_completion(self.tokenizer, head, completion, tail, self.max_length))
+        return self._run(rows).tolist()
+
+    def __call__(self, questions: list[str], completions: list[str]) -> list[float]:
+        return [_sigmoid(r) for r in self.raw(questions, completions)]
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM judge of the chain of thought on the fixed rubric.
+# ---------------------------------------------------------------------------------------------
+class JudgeScorer(_BatchedScorer):
+    """Rubric scores of the reasoning in (question, completion) pairs; the gold is never shown.
+    `__call__` -> normalised scores in [0, 1] = mean over criteria of E/3; `raw` -> the mean
+    expected score on the 0-3 scale; `score_detailed` -> {criterion: expected score 0-3} per pair."""
+
+    def __init__(self, model, tokenizer, *, use_reference: bool = False, batch_size: int = 8, max_length: int = 2048,
+                 criteria: tuple[str, ...] | None = None):
+        super().__init__(model, tokenizer, use_reference=use_reference, batch_size=batch_size, max_length=max_length)
+        # One forward per criterion: a subset (e.g. ("logical_flow",)) costs proportionally less on a CPU.
+        self.criteria = tuple(JUDGE_RUBRIC) if criteria is None else tuple(criteria)
+        unknown = [c for c in self.criteria if c not in JUDGE_RUBRIC]
+        if unknown or not self.criteria:
+            raise ValueError(f"judge criteria must be a non-empty subset of {', '.join(JUDGE_RUBRIC)}; got {criteria}")
+        self.score_ids = [single_token_ids(tokenizer, (k, " " + k)) for k in JUDGE_SCORES]  # variants per score
+        # "Score: 3" is "Score", ":", " ", "3" in tokenizers that split the space off a digit
+        # (SmolLM2, Llama 3, Qwen 2): then the prefix ends with the space, so "3" comes next.
+        space_split = any(len(tokenizer(" " + k, add_special_tokens=False)["input_ids"]) > 1 for k in JUDGE_SCORES)
+        self.answer_prefix = JUDGE_ANSWER_PREFIX + (" " if space_split else "")
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logp = self._next_token_logprobs(ids, mask)  # (B, V)
+        per_score = torch.stack([logp[:, v].logsumexp(-1) for v in self.score_ids], dim=-1)  # (B, 4) log p(k)
+        weights = per_score.softmax(-1)  # (B, 4) p(k) / sum_k p(k): renormalised over the score tokens only
+        values = torch.arange(len(JUDGE_SCORES), dtype=weights.dtype, device=weights.device)  # 0, 1, 2, 3
+        return (weights * values).sum(-1)  # (B,) expected score
+
+    def score_detailed(self, questions: list[str], completions: list[str]) -> list[dict[str, float]]:
+        _check_lengths(questions, completions)
+        rows = []  # completion-major: (pair 0, criterion 0..C-1), (pair 1, ...), ...
+        for question, completion in zip(questions, completions):
+            for name in self.criteria:
+                head, tail = judge_parts(self.tokenizer, question, name, self.answer_prefix)
+                rows.append(encode_with_completion(self.tokenizer, head, completion, tail, self.max_length))
+        expected = self._run(rows).view(len(questions), len(self.criteria)).tolist() if rows else []  # (N, C)
+        return [dict(zip(self.criteria, row)) for row in expected]
+
+    def raw(self, questions: list[str], completions: list[str]) -> list[float]:
+        return [sum(d.values()) / len(d) for d in self.score_detailed(questions, completions)]
+
+    def __call__(self, questions: list[str], completions: list[str]) -> list[float]:
+        top = len(JUDGE_SCORES) - 1
+        return [r / top for r in self.raw(questions, completions)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory used by train_generator.py and synthesize.py.
+# ---------------------------------------------------------------------------------------------
+def _same_model(name: str, base_model_name: str) -> bool:
+    """Whether `name` names the policy's base model (the same string, or the same resolved folder)."""
+    if name == base_model_name:
+        return True
+    try:
+        return resolve_model_path(name) == (resolve_model_path(base_model_name)[0], None)
+    except ModelLoadError:
+        return False
+
+
+def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, judge_model: str | None,
+                  base_model_name: str, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
+                  batch_size: int = 8, max_length: int = 2048,
+                  judge_criteria: tuple[str, ...] | None = None) -> tuple[RewardModelScorer, JudgeScorer]:
+    """(reward-model scorer, judge scorer) for a run whose policy was loaded from `base_model_name`.
+
+    reward_model None: the generative verifier on the base model; a name or folder: a classifier
+        reward model loaded with num_labels=1 (a merged model folder or an adapter folder on a
+        sequence-classification base, as train_reward_model.py writes).
+    judge_model None or the base model's name: the base model; another name: that model, loaded.
+    The base model is never loaded twice: it is the policy with its adapter disabled (or the
+    policy itself when it has no adapter). With policy_model None the base is loaded once here.
+    A name that cannot load raises ModelLoadError naming the option. judge_criteria: a subset of
+    JUDGE_RUBRIC (None: all four).
+    """
+    shared = {}
+
+    def base():  # the policy's base model: (model, tokenizer, use_reference)
+        if "base" not in shared:
+            if policy_model is not None:
+                # Memory trick: the policy with its adapter disabled is the base; no second copy.
+                shared["base"] = (policy_model, policy_tokenizer, hasattr(policy_model, "disable_adapter"))
+            else:
+                model, tok = _load(base_model_name, "--model", device=device, dtype=dtype, load_in_4bit=load_in_4bit)
+                shared["base"] = (model, tok, False)
+        return shared["base"]
+
+    opts = dict(batch_size=batch_size, max_length=max_length)
+    if reward_model is None:
+        model, tok, use_ref = base()
+        rm = RewardModelScorer(model, tok, kind="generative", use_reference=use_ref, **opts)
+    else:
+        model, tok = _load(reward_model, "--reward-model", device=device, dtype=dtype, load_in_4bit=load_in_4bit,
+                           num_labels=1)
+        _check_trained_head(model, reward_model)
+        rm = RewardModelScorer(model, tok, kind="classifier", **opts)
+    if judge_model is None or _same_model(judge_model, base_model_name):
+        model, tok, use_ref = base()
+        judge = JudgeScorer(model, tok, use_reference=use_ref, criteria=judge_criteria, **opts)
+    else:
+        model, tok = _load(judge_model, "--judge-model", device=device, dtype=dtype, load_in_4bit=load_in_4bit)
+        judge = JudgeScorer(model, tok, criteria=judge_criteria, **opts)
+    return rm, judge
+
+
+def _check_trained_head(model, name: str) -> None:
+    """Loading a causal LM with num_labels=1 silently adds a RANDOM score head: refuse it."""
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    if peft_config is not None:
+        trained = str(peft_config.task_type).endswith("SEQ_CLS") and "score" in (peft_config.modules_to_save or [])
+    else:
+        trained = any(a.endswith("ForSequenceClassification") for a in (model.config.architectures or []))
+    if not trained:
+        raise ModelLoadError(f"--reward-model {name!r} holds no trained reward head (a causal LM or an adapter "
+                             f"without a 'score' module); give a folder written by train_reward_model.py, or "
+                             f"omit --reward-model to use the generative verifier")
+
+
+def _load(name: str, option: str, **kwargs):
+    try:
+        model, tok = load_model_and_tokenizer(name, **kwargs)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{option} {name!r}: {e}") from None
+    model.requires_grad_(False)  # a scorer is never trained
+    return model, tok
