@@ -27,19 +27,35 @@ def prompt_text(question: str) -> str:
     return f"{question.strip()}\n{ANSWER_INSTRUCTION}"
 
 
+# One worked example shown before the question (a one-shot prompt). Small instruct models (the
+# embedded SmolLM2-135M) almost never write \boxed{} from the instruction alone: zero-shot, 0 of
+# 16 samples were well-formed; with this example about 5 in 8 are. Larger models lose nothing.
+EXAMPLE_QUESTION = "A baker makes 4 trays of 6 muffins and sells 15 of them. How many muffins are left?"
+EXAMPLE_SOLUTION = ("The baker makes 4 * 6 = 24 muffins.\nAfter selling 15, 24 - 15 = 9 muffins are left.\n"
+                    "The final answer is \\boxed{9}.")
+
+
+def prompt_messages(question: str) -> list[dict]:
+    """The chat messages for one problem: system, the worked example (user + assistant turn), the
+    question. This is also the `prompt` of the preference pairs synthesize.py writes."""
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": prompt_text(EXAMPLE_QUESTION)},
+            {"role": "assistant", "content": EXAMPLE_SOLUTION},
+            {"role": "user", "content": prompt_text(question)}]
+
+
 def format_prompt(tokenizer, question: str) -> str:
-    """The full prompt string for `question`: the tokenizer's chat template when it has one
-    (system + user turn, generation prompt appended), else a plain "Question/Answer" layout."""
-    user = prompt_text(question)
+    """The full prompt string for `question`: the tokenizer's chat template over
+    `prompt_messages` (generation prompt appended), else a plain "Question/Answer" layout."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return f"{SYSTEM_PROMPT}\n\nQuestion: {user}\nAnswer: "
+        return tokenizer.apply_chat_template(prompt_messages(question), tokenize=False, add_generation_prompt=True)
+    return (f"{SYSTEM_PROMPT}\n\nQuestion: {prompt_text(EXAMPLE_QUESTION)}\nAnswer: {EXAMPLE_SOLUTION}\n\n"
+            f"Question: {prompt_text(question)}\nAnswer: ")
 
 
 def prompt_template_hash() -> str:
     """A short hash of the template pieces, stamped into evaluation outputs."""
-    blob = "\x00".join([SYSTEM_PROMPT, ANSWER_INSTRUCTION, BOXED_COMMAND])
+    blob = "\x00".join([SYSTEM_PROMPT, ANSWER_INSTRUCTION, BOXED_COMMAND, EXAMPLE_QUESTION, EXAMPLE_SOLUTION])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

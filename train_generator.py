@@ -1,0 +1,512 @@
+"""Stage 1 of PNS: reverse-RL GRPO of the negative generator on the composite reward.
+
+The generator is rewarded for solutions that are well formed, end in a VERIFIED WRONG answer and
+still look right to a reward model and an LLM judge (pns_mini/rewards.py has the reward, its
+gating and the anti-hacking rules). Its samples feed synthesize.py (stage 2).
+
+Reads
+    --problems   offline (generated, no files) | gsm8k_train | a benchmark name | a JSONL of
+                 {id, question, gold} rows (data.load_problems; --data-dir, --limit)
+    --model      the generator's base (default: the embedded smollm2-135m); a LoRA is trained on it
+    --reward-model  a classifier reward model folder (train_reward_model.py); default: the base
+                 model asked "is this solution correct? Yes/No" (scorers.py, generative verifier)
+    --judge-model   the LLM judge of the reasoning; default: the base model itself
+Writes (--output-dir)
+    config.json, metrics.jsonl (one row per step), samples.jsonl (every --log-samples-steps steps:
+    every completion with its answer, gold, reward terms and advantage), checkpoints/step-N/,
+    final/ (adapter + tokenizer; its adapter_config records the base, so
+    `synthesize.py --generator <dir>/final` and `evaluate.py --model <dir>/final` load it),
+    plots/*.png (redrawn from metrics.jsonl), report.md.
+
+Examples
+    # CPU demo on the embedded model with generated problems (~10 min per step on a busy 2-core CPU,
+    # 80% of it sampling). It shows the plumbing, not learning: SmolLM2-135M rarely ends in a
+    # \boxed{} answer within 128 tokens, so all completions are malformed, every group has zero
+    # reward spread (frac_reward_zero_std 1) and the gradient is 0.
+    python train_generator.py --problems offline --prompts-per-step 2 --num-generations 4 \\
+        --max-completion-length 128 --max-steps 6 --output-dir runs/gen-cpu
+    # one consumer GPU (~12 GB): QLoRA (4-bit is the default on CUDA) on a 1.5B instruct model
+    python train_generator.py --model Qwen/Qwen2.5-1.5B-Instruct --problems gsm8k_train \\
+        --prompts-per-step 4 --num-generations 8 --max-completion-length 512 --max-steps 300 \\
+        --output-dir runs/gen-qwen1.5b
+    # continue after an interruption, or extend a finished run with a larger --max-steps
+    python train_generator.py --model Qwen/Qwen2.5-1.5B-Instruct --problems gsm8k_train \\
+        --prompts-per-step 4 --num-generations 8 --max-completion-length 512 --max-steps 400 \\
+        --output-dir runs/gen-qwen1.5b --resume
+
+One step
+    rollout    B problems x G completions, KV-cached sampling (temperature, top_p), eval mode
+    reward     rewards.score_completions: format gates everything, accuracy = verified wrong; the
+               reward model and judge run only where their score can count (well-formed and wrong)
+    advantage  (r - group mean) / group std (losses.group_advantages, scale_rewards)
+    update     num_iterations x [micro-batches of per_device_train_batch_size rows, each loss
+               divided by the GLOBAL normalizer so the summed gradient is the full batch's;
+               clip; AdamW step]; then one LR-scheduler step
+
+Method choices and deviations from the paper (arXiv 2602.03516)
+    - The paper's generator is Qwen2.5-7B-Instruct (its trained weights are not public) with its own
+      reward model and judge; here a LoRA on a small instruct model, and the generative reward model
+      and the judge default to the generator's own base (adapter off: no second copy in memory).
+      They are then fixed: the policy's updates never change its reward.
+    - Reward weights and gating (not given in the paper) are rewards.DEFAULT_REWARD_WEIGHTS:
+      malformed -1 < correct 0.5 < wrong 1.5 .. 3.5.
+    - GRPO as in TRL's GRPOTrainer (token-level ratio, clipped surrogate, k3 KL to the reference =
+      adapter off) with these defaults: beta 0.04, not TRL 1.16's 0.0 (early TRL: 0.04): the KL
+      keeps the generator near the base model's fluent style, which makes a negative plausible;
+      learning_rate 1e-5 for LoRA (TRL's 1e-6 is for full fine-tuning); lr_scheduler_type cosine
+      with 10 warmup steps (TRL: linear, 0). Otherwise TRL 1.16's defaults (epsilon 0.2,
+      num_iterations 1, scale_rewards group, loss_type dapo, max_completion_length 512).
+    - Old log-probs (num_iterations > 1) and reference log-probs come from no-grad passes in eval
+      mode, the mode the completions were sampled in. The LR scheduler steps once per step (TRL
+      steps it once per optimizer update: the same when num_iterations == 1).
+    - CPU: fp32 and no 4-bit by default: bitsandbytes 4-bit on this 2-core CPU sampled 1.4-2.7x
+      slower than fp32 (tiny model and SmolLM2-135M) for no memory need.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pns_mini import rewards, scorers
+from pns_mini.config import main_guard, save_config
+from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems, repair_torn_tail
+from pns_mini.generation import sample
+from pns_mini.losses import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, zero_std_fraction
+from pns_mini.modeling import (load_model_and_tokenizer, reference_model, resolve_device, save_atomic,
+                               token_logprobs, trainable_parameters)
+from pns_mini.runs import (latest_checkpoint, load_checkpoint, lr_lambda, make_scheduler, plot_metrics,
+                           read_metrics, save_checkpoint, seed_everything, truncate_metrics)
+
+TIMING_KEYS = ("time/generate", "time/score", "time/update", "time/step", "tokens/s")  # differ between equal runs
+RESUMABLE_CHANGES = ("max_steps", "resume", "save_steps", "logging_steps", "log_samples_steps", "device", "output_dir")
+
+
+@dataclass
+class Config:
+    model: str = "smollm2-135m"
+    """Generator base: Hub id, local folder or alias (paper: Qwen2.5-7B-Instruct)."""
+    output_dir: str = "runs/generator"
+    """Run folder (config, metrics, samples, checkpoints, final adapter, plots, report)."""
+    problems: str = "gsm8k_train"
+    """Training problems: offline | gsm8k_train | a benchmark name | a JSONL of {id, question, gold}."""
+    data_dir: str | None = None
+    """Folder holding benchmarks/ and train/ (default: $PNS_MINI_DATA, ../shared/data, ./data)."""
+    limit: int | None = None
+    """Keep the first N problems (none = all; offline: 200)."""
+    seed: int = 0
+    """Seed of the LoRA init, the problem order and the sampling."""
+    max_steps: int = 200
+    """Training steps; one step = one batch of rollouts (50-1000)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in --output-dir; a larger --max-steps extends a finished run."""
+    prompts_per_step: int = 4
+    """B: problems sampled per step (1-64)."""
+    num_generations: int = 8
+    """G: completions per problem, the group of GRPO's advantage (>= 2; 4-16)."""
+    max_completion_length: int = 512
+    """Max new tokens per completion; a truncated completion fails the format check (128-1024)."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0; 0.7-1.2); log-probs use the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (0-1]."""
+    reward_weights: str | None = None
+    """'format=0.5,accuracy=1,reward_model=1,judge=1' (partial is fine) or 4 numbers in that order; none = defaults."""
+    malformed_penalty: float = rewards.MALFORMED_PENALTY
+    """Total reward of a malformed completion (must be below the format weight)."""
+    plausibility_only_when_wrong: bool = True
+    """Reward model and judge count only for verified-wrong answers (--no-...: always; an ablation)."""
+    reward_model: str | None = None
+    """Classifier reward model folder (train_reward_model.py); none = generative Yes/No score by the base."""
+    judge_model: str | None = None
+    """LLM judge of the reasoning; none = the base model (the policy with its adapter off)."""
+    scorer_batch_size: int = 8
+    """Rows per forward of the reward model and the judge (lower it when memory runs out)."""
+    beta: float = 0.04
+    """Weight of the k3 KL to the reference (adapter off); 0 skips the reference pass (0-0.1)."""
+    epsilon: float = 0.2
+    """Lower clip range of the ratio, 1 - epsilon (0.1-0.3)."""
+    epsilon_high: float | None = None
+    """Upper clip range, 1 + epsilon_high; none = epsilon (DAPO: 0.28)."""
+    num_iterations: int = 1
+    """mu: updates per batch of rollouts (1-4); > 1 computes old log-probs in a no-grad pass."""
+    scale_rewards: str = "group"
+    """Divide centred rewards by the std of: group | batch | none (Dr. GRPO)."""
+    loss_type: str = "dapo"
+    """Reduction: dapo (token mean over the batch) | dr_grpo (sum / N x max_len) | grpo (mean of sequence means)."""
+    mask_truncated_completions: bool = False
+    """Truncated completions get loss mask 0 (they still count in the group's advantage), as TRL."""
+    learning_rate: float = 1e-5
+    """Peak AdamW learning rate of the LoRA weights (5e-6 - 5e-5)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (0-0.1)."""
+    per_device_train_batch_size: int = 8
+    """Rows per forward/backward; must divide prompts_per_step x num_generations."""
+    warmup_steps: int = 10
+    """Linear LR warmup steps (0-50)."""
+    lr_scheduler_type: str = "cosine"
+    """cosine (to 0 at max_steps) | constant (after warmup)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (<= 0: no clipping; the norm is logged either way)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in backward: less memory, about 1/3 more update time."""
+    load_in_4bit: bool | None = None
+    """QLoRA: 4-bit NF4 base. Default: on CUDA yes, on CPU no (slower there)."""
+    lora_r: int = 16
+    """LoRA rank (4-64)."""
+    lora_alpha: int = 32
+    """LoRA scale numerator (usually 2 x lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input (0-0.1); > 0 makes the ratio noisy when num_iterations > 1."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."""
+    logging_steps: int = 1
+    """Write a metrics row (that step's values) every N steps and at the last step."""
+    log_samples_steps: int = 10
+    """Write every completion of the step to samples.jsonl at step 1 and every N steps."""
+    save_steps: int = 50
+    """Checkpoint every N steps (and always at the end)."""
+
+    def __post_init__(self):
+        N = self.prompts_per_step * self.num_generations
+        if self.num_generations < 2:
+            raise ValueError(f"--num-generations must be >= 2 (GRPO compares completions within a group), "
+                             f"got {self.num_generations}")
+        if min(self.prompts_per_step, self.per_device_train_batch_size, self.max_steps, self.num_iterations,
+               self.max_completion_length, self.lora_r, self.save_steps, self.logging_steps,
+               self.log_samples_steps, self.scorer_batch_size) < 1:
+            raise ValueError("sizes, steps, --num-iterations and --lora-r must be >= 1")
+        if N % self.per_device_train_batch_size:
+            raise ValueError(f"--per-device-train-batch-size {self.per_device_train_batch_size} must divide "
+                             f"prompts_per_step x num_generations = {N}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("--temperature must be > 0 (the loss needs the sampling distribution) "
+                             "and --top-p in (0, 1]")
+        if self.beta < 0 or self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ValueError("--beta must be >= 0, --epsilon > 0 and --epsilon-high >= 0")
+        if self.loss_type not in GRPO_LOSS_TYPES:
+            raise ValueError(f"--loss-type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"--scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        if self.lr_scheduler_type not in ("cosine", "constant"):
+            raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
+        weights = parse_reward_weights(self.reward_weights)
+        if not any(weights.values()):
+            raise ValueError(f"--reward-weights: all weights are zero ({self.reward_weights}): nothing to learn")
+        if self.malformed_penalty >= weights["format"]:
+            raise ValueError(f"--malformed-penalty {self.malformed_penalty} must be below the format weight "
+                             f"{weights['format']}, or a malformed completion scores like a correct one")
+
+
+def parse_reward_weights(text: str | None) -> dict[str, float]:
+    """'format=0.5,judge=0' -> every component's weight (rewards.DEFAULT_REWARD_WEIGHTS for the rest);
+    '0.5,1,1,1' -> weights in rewards.COMPONENTS order (TRL's list form). ValueError names the problem."""
+    if text is None or not text.strip():
+        return rewards.resolve_weights(None)
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        if all("=" not in item for item in items):
+            return rewards.weights_from_list([float(item) for item in items])
+        pairs = [item.split("=", 1) for item in items]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("mix of name=value and bare numbers")
+        return rewards.resolve_weights({name.strip(): float(value) for name, value in pairs})
+    except ValueError as e:
+        raise ValueError(f"--reward-weights {text!r}: {e} (expected e.g. "
+                         f"'format=0.5,accuracy=1,reward_model=1,judge=1' or '0.5,1,1,1')") from None
+
+
+def problem_order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Problem indices at positions [start, start + count) of the data stream: epoch after epoch,
+    each a permutation seeded by (seed, epoch). A saved position resumes it exactly."""
+    out, perms = [], {}
+    for pos in range(start, start + count):
+        epoch = pos // n
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perms[epoch][pos % n]))
+    return out
+
+
+def model_scores(scorer, weight: float, questions: list[str], texts: list[str], rows: list[int]):
+    """Normalised scores of `rows` scattered into a list over all completions (0 elsewhere), and
+    the computed values alone. (None, []) when the component is off (weight 0 or no scorer)."""
+    if scorer is None or weight == 0:
+        return None, []
+    values = [float(s) for s in scorer([questions[i] for i in rows], [texts[i] for i in rows])] if rows else []
+    full = [0.0] * len(texts)
+    for i, v in zip(rows, values):
+        full[i] = v
+    return full, values
+
+
+@torch.no_grad()
+def no_grad_logps(model, ids, attn, T: int, chunks: list[slice], temperature: float) -> torch.Tensor:
+    """(N, T) log-probs of the completion tokens, chunk by chunk, in eval mode (the mode the
+    completions were sampled in: no dropout)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([token_logprobs(model, ids[sl], attn[sl], T, temperature) for sl in chunks])
+    finally:
+        model.train(was_training)
+
+
+def grpo_normalizer(loss_type: str, mask: torch.Tensor, max_completion_length: int) -> float:
+    """The GLOBAL divisor of losses.grpo_loss for the whole batch (its docstring has the table):
+    grpo N sequences, dr_grpo N x max_completion_length, dapo all loss-masked completion tokens."""
+    if loss_type == "grpo":
+        return float(mask.shape[0])
+    if loss_type == "dr_grpo":
+        return float(mask.shape[0] * max_completion_length)
+    return max(1.0, float(mask.sum()))  # dapo; >= 1 when every row is masked out (all truncated)
+
+
+def step_metrics(scored: list[dict], totals: torch.Tensor, G: int, rollout) -> dict:
+    """Reward components (means over the step's completions), outcome rates and lengths."""
+    n = len(scored)
+    share = lambda pred: sum(1 for r in scored if pred(r)) / n  # noqa: E731
+    row = {"reward/total": totals.mean().item(), "reward/std": totals.std().item() if n > 1 else 0.0}
+    for name in rewards.COMPONENTS:  # components as returned, gated zeros included
+        row[f"reward/{name}"] = sum(r[name] for r in scored) / n
+    row["frac_reward_zero_std"] = zero_std_fraction(totals, G)
+    row["rate/format"] = share(lambda r: r["format"] == 1.0)
+    for verdict in ("correct", "wrong", "no_answer", "unparseable"):
+        row[f"rate/{verdict}"] = share(lambda r: r["verdict"] == verdict)
+    row["rate/wrong_well_formed"] = share(lambda r: r["format"] == 1.0 and r["verdict"] == "wrong")
+    row["rate/truncated"] = rollout.truncated.float().mean().item()
+    lengths = rollout.lengths.float()
+    row["length/mean"], row["length/max"] = lengths.mean().item(), lengths.max().item()
+    for reason in rewards.FORMAT_REASONS:
+        row[f"format_fail/{reason}"] = share(lambda r: r["format_reason"] == reason)
+    return row
+
+
+def check_resume_config(out: Path, cfg: Config) -> None:
+    """A resumed run must be the same run: only the fields in RESUMABLE_CHANGES may differ."""
+    saved = json.loads((out / "config.json").read_text())
+    now = json.loads(json.dumps(asdict(cfg), default=str))
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items()
+               if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        raise DataError(f"{out}/config.json: --resume with different settings ({'; '.join(changed)}); only "
+                        f"{', '.join(RESUMABLE_CHANGES)} may change. Start a new --output-dir instead")
+
+
+def write_report(out: Path, cfg: Config, rows: list[dict], n_problems: int) -> None:
+    """report.md: component means over the first vs last few steps, and the time split."""
+    k = max(1, min(3, len(rows) // 2))
+    keys = ([f"reward/{c}" for c in ("total",) + rewards.COMPONENTS] +
+            ["rate/format", "rate/wrong_well_formed", "rate/correct", "rate/no_answer", "rate/truncated",
+             "frac_reward_zero_std", "length/mean", "kl", "grad_norm"])
+    def mean(rs, key):  # None when a row lacks the value (kl with beta 0)
+        values = [r.get(key) for r in rs]
+        return sum(values) / len(values) if values and None not in values else None
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = ["# Negative generator (GRPO, reverse RL)", "",
+             f"- model `{cfg.model}` + LoRA r={cfg.lora_r}, problems `{cfg.problems}` ({n_problems}), "
+             f"{cfg.prompts_per_step} x {cfg.num_generations} completions per step, "
+             f"max {cfg.max_completion_length} tokens, {len(rows)} steps logged",
+             f"- loss {cfg.loss_type}, beta {cfg.beta}, epsilon {cfg.epsilon}, num_iterations {cfg.num_iterations}, "
+             f"lr {cfg.learning_rate}, reward weights {parse_reward_weights(cfg.reward_weights)}",
+             f"- final adapter: `{out / 'final'}` (synthesize.py --generator, evaluate.py --model)", "",
+             f"## First {k} vs last {k} logged steps (means)", "",
+             f"| metric | first {k} | last {k} |", "| --- | --- | --- |"]
+    lines += [f"| {key} | {fmt(mean(rows[:k], key))} | {fmt(mean(rows[-k:], key))} |" for key in keys]
+    times = {key: mean(rows, key) or 0.0 for key in ("time/generate", "time/score", "time/update", "time/step")}
+    lines += ["", "## Time per step (mean seconds)", "", "| phase | seconds | share |", "| --- | --- | --- |"]
+    for key in ("time/generate", "time/score", "time/update"):
+        lines.append(f"| {key} | {times[key]:.1f} | {times[key] / max(times['time/step'], 1e-9):.0%} |")
+    lines.append(f"| time/step | {times['time/step']:.1f} | |")
+    lines.append(f"\nSampling throughput: {fmt(mean(rows, 'tokens/s'))} completion tokens/s.")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+PLOT_PANELS = {
+    "rewards": ["reward/total"] + [f"reward/{c}" for c in rewards.COMPONENTS],
+    "outcomes": ["rate/format", "rate/wrong_well_formed", "rate/correct", "rate/no_answer", "rate/truncated",
+                 "frac_reward_zero_std"],
+    "kl": ["kl"], "length": ["length/mean", "length/max"],
+    "time": ["time/generate", "time/score", "time/update"], "optimization": ["grad_norm", "clip_ratio"],
+}
+
+
+def main(cfg: Config) -> dict:
+    out = Path(cfg.output_dir)
+    metrics_path, samples_path = out / "metrics.jsonl", out / "samples.jsonl"
+    if not cfg.resume and (metrics_path.exists() or latest_checkpoint(out)):
+        raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
+    if cfg.resume:
+        if latest_checkpoint(out) is None:
+            raise FileNotFoundError(f"{out}/checkpoints: no checkpoint to resume from")
+        check_resume_config(out, cfg)
+    weights = parse_reward_weights(cfg.reward_weights)
+    problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # fails on bad data before the model load
+    if not problems:
+        raise DataError(f"--problems {cfg.problems!r} (limit {cfg.limit}) gave no problems")
+
+    # --- setup: policy = LoRA on a (4-bit) base; reference, judge, generative RM = adapter off ---
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    load_in_4bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else device.type == "cuda"
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, load_in_4bit=load_in_4bit, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing,  # memory for time
+        device=cfg.device, dtype=cfg.dtype)
+    model.train()
+    rm_scorer, judge_scorer = None, None
+    if weights["reward_model"] or weights["judge"]:  # a model that cannot load fails here, before training
+        rm_scorer, judge_scorer = scorers.build_scorers(
+            model, tokenizer, reward_model=cfg.reward_model, judge_model=cfg.judge_model, base_model_name=cfg.model,
+            device=cfg.device, dtype=cfg.dtype, load_in_4bit=load_in_4bit, batch_size=cfg.scorer_batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type)
+    B, G = cfg.prompts_per_step, cfg.num_generations
+    N, mb = B * G, cfg.per_device_train_batch_size
+    chunks = [slice(s, s + mb) for s in range(0, N, mb)]  # micro-batches of rows
+    reward_kw = dict(malformed_penalty=cfg.malformed_penalty, plausibility_only_when_wrong=cfg.plausibility_only_when_wrong)
+
+    step, position = 0, 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(out)
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        step, position = state["step"], state["extra"]["position"]
+        if state["extra"]["num_problems"] != len(problems):
+            raise DataError(f"{ckpt}: saved with {state['extra']['num_problems']} problems, now {len(problems)}: "
+                            f"the data order would not continue; use the same --problems/--limit")
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # a longer run: the new schedule
+            group["lr"] = base_lr * lr_lambda(step, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type)
+        for path in (metrics_path, samples_path):
+            repair_torn_tail(path)
+            truncate_metrics(path, step)  # rows after the checkpoint are written again
+        tqdm.write(f"resumed from {ckpt} (step {step}, {position} problems seen)")
+    if cfg.warmup_steps >= cfg.max_steps:
+        tqdm.write(f"note: warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the LR never reaches its peak")
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="generator", dynamic_ncols=True)
+    while step < cfg.max_steps:
+        step += 1
+        t_start = time.perf_counter()
+
+        # ---------------- rollout: B problems x G completions (KV-cached sampling) ----------------
+        batch = [problems[i] for i in problem_order(len(problems), cfg.seed, position, B)]
+        position += B
+        rollout = sample(model, tokenizer, [format_prompt(tokenizer, p["question"]) for p in batch], num_samples=G,
+                         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
+                         seed=cfg.seed * 1_000_003 + step)  # rows prompt-major: p0 x G, p1 x G, ...
+        row_problems = [batch[k] for k in rollout.prompt_index]  # (N,) the problem of each row
+        questions, texts = [p["question"] for p in row_problems], rollout.texts
+        golds, truncated = [p["gold"] for p in row_problems], rollout.truncated.tolist()
+        t_generate = time.perf_counter() - t_start
+
+        # ---------------- reward: grade first; model scores only where they can count ----------------
+        gate = rewards.score_completions(texts, golds, truncated, None, None, weights, **reward_kw)
+        counted = [i for i, r in enumerate(gate)  # the other rows' rm/judge terms are gated out of the total
+                   if r["format"] == 1.0 and (r["verdict"] == "wrong" or not cfg.plausibility_only_when_wrong)]
+        rm_scores, rm_values = model_scores(rm_scorer, weights["reward_model"], questions, texts, counted)
+        judge_scores, judge_values = model_scores(judge_scorer, weights["judge"], questions, texts, counted)
+        scored = rewards.score_completions(texts, golds, truncated, rm_scores, judge_scores, weights, **reward_kw)
+        t_score = time.perf_counter() - t_start - t_generate
+
+        # ---------------- advantage: group-relative, one per completion ----------------
+        totals = torch.tensor([r["total"] for r in scored], dtype=torch.float32)  # (N,)
+        advantages = group_advantages(totals, G, cfg.scale_rewards)  # (N,), 0 for zero-spread groups
+
+        # ---------------- update: num_iterations x (micro-batches -> clip -> AdamW step) ----------------
+        ids, attn = rollout.input_ids.to(device), rollout.attention_mask.to(device)  # (N, P+T)
+        mask = rollout.completion_mask.to(device)  # (N, T) 1 up to and including the first EOS
+        if (mask.sum(-1) < 1).any():
+            raise RuntimeError(f"step {step}: a completion mask is empty (generation.sample bug)")
+        if cfg.mask_truncated_completions:  # TRL semantics: out of the loss, still in the group's advantage
+            mask = mask * (~rollout.truncated).to(device).long().unsqueeze(1)
+        T = mask.shape[1]
+        D = grpo_normalizer(cfg.loss_type, mask, cfg.max_completion_length)  # global: the same for every micro-batch
+        adv = advantages.to(device)
+        # num_iterations == 1: old = None -> logps.detach() (ratio 1), as TRL; else a no-grad pass before updating
+        old = no_grad_logps(model, ids, attn, T, chunks, cfg.temperature) if cfg.num_iterations > 1 else None
+        ref = None
+        if cfg.beta != 0:  # memory trick: the reference is the policy with its adapter off
+            with reference_model(model):
+                ref = no_grad_logps(model, ids, attn, T, chunks, cfg.temperature)  # (N, T)
+        lr = optimizer.param_groups[0]["lr"]
+        sums = defaultdict(float)
+        for _ in range(cfg.num_iterations):
+            optimizer.zero_grad(set_to_none=True)
+            for sl in chunks:
+                logps = token_logprobs(model, ids[sl], attn[sl], T, cfg.temperature)  # (mb, T) fp32
+                loss, stats = grpo_loss(
+                    logps, None if old is None else old[sl], None if ref is None else ref[sl], adv[sl], mask[sl],
+                    epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
+                    max_completion_length=cfg.max_completion_length, normalizer=D)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"step {step}: loss is {loss.item()}; lower --learning-rate or use fp32/bf16")
+                loss.backward()  # micro-batch gradients add up to the full batch's (global D)
+                tokens = float(mask[sl].sum())
+                sums["loss"] += loss.item() / cfg.num_iterations
+                sums["tokens"] += tokens
+                for key, value in stats.items():  # token-weighted means over the step
+                    sums[key] += value * tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            sums["grad_norm"] += grad_norm.item() / cfg.num_iterations
+            optimizer.step()
+        scheduler.step()
+        t_update = time.perf_counter() - t_start - t_generate - t_score
+
+        # ---------------- log, samples, checkpoint ----------------
+        t_step = time.perf_counter() - t_start
+        row = {"step": step, "epoch": round(position / len(problems), 4), **step_metrics(scored, totals, G, rollout),
+               "scored/n": len(counted),
+               "scored/reward_model": sum(rm_values) / len(rm_values) if rm_values else None,
+               "scored/judge": sum(judge_values) / len(judge_values) if judge_values else None,
+               "loss": sums["loss"], "kl": sums["kl"] / max(sums["tokens"], 1.0) if ref is not None else None,
+               "clip_ratio": sums["clip_ratio"] / max(sums["tokens"], 1.0), "grad_norm": sums["grad_norm"], "lr": lr,
+               "time/generate": t_generate, "time/score": t_score, "time/update": t_update, "time/step": t_step,
+               "tokens/s": rollout.lengths.sum().item() / max(t_generate, 1e-9)}
+        if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+            append_jsonl(metrics_path, row)
+        if step == 1 or step % cfg.log_samples_steps == 0:
+            for i, r in enumerate(scored):
+                append_jsonl(samples_path, {
+                    "step": step, "prompt_id": row_problems[i]["id"], "question": questions[i], "completion": texts[i],
+                    "answer": r["answer"], "gold": golds[i], "verdict": r["verdict"], "format_reason": r["format_reason"],
+                    **{name: r[name] for name in ("total",) + rewards.COMPONENTS},
+                    "advantage": advantages[i].item(), "truncated": truncated[i], "length": int(rollout.lengths[i])})
+        kl_text = "-" if row["kl"] is None else f"{row['kl']:.4f}"
+        bar.set_postfix_str(
+            f"R {row['reward/total']:.2f} fmt {row['reward/format']:.2f} acc {row['reward/accuracy']:.2f} "
+            f"rm {row['reward/reward_model']:.2f} judge {row['reward/judge']:.2f} | correct {row['rate/correct']:.2f} "
+            f"no_ans {row['rate/no_answer']:.2f} zero_std {row['frac_reward_zero_std']:.2f} | kl {kl_text} "
+            f"len {row['length/mean']:.0f} gn {row['grad_norm']:.3f} | gen/score/upd "
+            f"{t_generate:.0f}/{t_score:.0f}/{t_update:.0f}s")
+        bar.update(1)
+        if step % cfg.save_steps == 0 or step == cfg.max_steps:
+            save_checkpoint(out, step, model, tokenizer, optimizer, scheduler,
+                            extra={"position": position, "num_problems": len(problems)})
+            if step < cfg.max_steps:  # the last step's plots are drawn below
+                plot_metrics(metrics_path, out / "plots", PLOT_PANELS)
+    bar.close()
+
+    # --- final adapter, plots, report ---
+    save_atomic(model, tokenizer, out / "final")
+    plot_metrics(metrics_path, out / "plots", PLOT_PANELS)
+    metrics = read_metrics(metrics_path)
+    write_report(out, cfg, metrics, len(problems))
+    return {"metrics": metrics, "final": out / "final", "steps": step}
+
+
+if __name__ == "__main__":
+    main_guard(main, Config, __doc__)
