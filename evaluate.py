@@ -1,0 +1,432 @@
+"""Stage 4 of PNS: accuracy of a model (optionally with a LoRA adapter) on math benchmarks, with
+one record per sample, bootstrap intervals, and pass@k / maj@k when several samples are drawn.
+
+Reads: problems via `data.load_problems(name, data_dir, limit)` (local benchmark files or the
+generated `offline` set); the model via `modeling.load_model_and_tokenizer`. Writes --output-dir:
+  config.json    the resolved config; a rerun into the same folder must use the same decoding
+  samples.jsonl  one row per (problem, sample): benchmark, id, sample, prompt, completion,
+                 extracted, gold, verdict (correct | wrong | no_answer | unparseable), correct,
+                 num_tokens, truncated, seconds. Append-only, flushed per row.
+  metrics.jsonl  one row per benchmark (the same numbers as summary.json)
+  summary.json   {"benchmarks": {name: {n, accuracy, ci_low, ci_high, no_answer_rate, ...}},
+                  "average": {...}, "stamp": {model, adapter, prompt template hash, decoding, ...}}
+  report.md      the table a person reads
+
+Examples:
+  python evaluate.py --model smollm2-135m --benchmarks all --limit 50 --output-dir runs/eval-base
+  python evaluate.py --adapter runs/dpo/final --benchmarks gsm8k,math500 --output-dir runs/eval-dpo
+  python evaluate.py --benchmarks offline --num-samples 8 --temperature 0.6 --output-dir runs/eval-k8
+  python evaluate.py --output-dir runs/eval-dpo --regrade      # after a fix to pns_mini/grading.py
+
+Method choices:
+- Greedy decoding by default (temperature 0, one sample), the usual report for small math models.
+  Several samples (--num-samples k) need --temperature > 0: k greedy samples would be identical.
+- Grading is `grading.grade` (last \\boxed{}, else `#### N`, else "the answer is X"; strings, then
+  exact numbers, then Math-Verify in a time-bounded worker); each row keeps `how` it was decided.
+  No extracted answer is "no_answer" (never "wrong"); an answer that cannot be parsed or times
+  out is "unparseable"; both count as not correct.
+- accuracy = mean over problems of the fraction of correct samples (= the unbiased pass@1). The
+  95% interval is a percentile bootstrap over PROBLEMS (1000 resamples, seeded by --seed and the
+  benchmark name); the average's interval resamples every benchmark independently (stratified).
+- pass@j: the unbiased estimator of Chen et al. 2021 (eq. 1), 1 - C(n-c, j) / C(n, j), averaged
+  over problems, reported for j = 2, 4, ... up to k. maj@k: majority vote over the extracted
+  answers, equivalent answers ("1/2", "0.5") grouped with the grader; ties go to the answer seen
+  first; samples without an answer do not vote.
+- Batches hold `batch_size // k` consecutive problems of the requested list, across benchmarks
+  (all k samples of a problem together). Greedy results do not depend on the batch size: tested
+  on the tiny model; on SmolLM2-135M (fp32, CPU) the first 32 tokens of 4 problems regenerated
+  alone matched their batched run. Sampling is seeded per batch (from its first problem), so it
+  repeats for the same seed and batch size.
+- Resume: rerunning the same command skips (benchmark, id) pairs already in samples.jsonl; a
+  problem with fewer than k rows (killed mid-write) is dropped and redone. Different decoding
+  settings, or a changed prompt, into the same folder are refused. The summary covers every
+  problem recorded in samples.jsonl.
+- --regrade recomputes every verdict from the saved completions (gold re-read from the loader
+  when the benchmark still loads, so a gold-parsing fix also takes effect) and rewrites
+  samples.jsonl atomically.
+Deviation from the paper: its evaluation harness (prompt, grader, sampling) is not reproduced;
+numbers compare our runs with each other (same template hash and grader), not with its tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import time
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pns_mini import data, generation, grading, modeling
+from pns_mini.config import main_guard, save_config
+
+
+@dataclass
+class Config:
+    model: str = modeling.DEFAULT_MODEL
+    """Model to evaluate: the alias smollm2-135m, a save_pretrained folder, an adapter folder, or a Hub id."""
+    adapter: str | None = None
+    """A LoRA adapter folder applied on top of --model (e.g. runs/dpo/final); none = the model alone."""
+    benchmarks: str = "all"
+    """Comma-separated problem sets: gsm8k, math500, minerva_math, olympiadbench, college_math, aime24,
+    amc23, offline, or a JSONL path; `all` = the seven benchmarks."""
+    data_dir: str | None = None
+    """Folder holding benchmarks/ (default: $PNS_MINI_DATA, ../shared/data, ./data)."""
+    limit: int | None = None
+    """Evaluate the first N problems of each benchmark (file order); none = all."""
+    max_completion_length: int = 1024
+    """Most new tokens per completion (256-4096); a completion that hits it is counted as truncated."""
+    num_samples: int = 1
+    """Samples per problem, k (1 for greedy; 4-64 for pass@k and maj@k with --temperature > 0)."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 = greedy (0.6-1.0 for k > 1)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (0-1]; ignored when greedy."""
+    batch_size: int = 8
+    """Completions generated at once (4-64 on a GPU; 8 on a CPU)."""
+    seed: int = 0
+    """Seed of the sampling and of the bootstrap resamples."""
+    output_dir: str = "runs/eval"
+    """Run folder; rerunning into it resumes."""
+    regrade: bool = False
+    """Recompute verdicts from the saved completions (no generation) and rewrite the summary."""
+    bootstrap_resamples: int = 1000
+    """Bootstrap resamples for the 95% interval (1000-10000)."""
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError(f"--num-samples {self.num_samples} with greedy decoding gives {self.num_samples} "
+                             f"identical samples: set --temperature > 0 (e.g. 0.6)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1 or self.max_completion_length < 1 or self.bootstrap_resamples < 1:
+            raise ValueError("--batch-size, --max-completion-length and --bootstrap-resamples must be >= 1")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"--limit must be >= 0 or none, got {self.limit}")
+        if not benchmark_names(self.benchmarks):
+            raise ValueError("--benchmarks is empty (accepted: all, offline, a benchmark name, a JSONL path)")
+
+
+# Settings that change what a completion is: a rerun into the same folder must keep them.
+DECODING_FIELDS = ("model", "adapter", "max_completion_length", "num_samples", "temperature", "top_p", "seed")
+
+
+class RunMismatchError(data.DataError):
+    """A rerun into a folder whose samples were made with other settings."""
+
+
+def benchmark_names(spec: str) -> list[str]:
+    """'all,offline' -> the seven benchmarks then offline; order kept, duplicates dropped."""
+    names = []
+    for part in (p.strip() for p in spec.split(",")):
+        for name in (data.ALL_BENCHMARKS if part == "all" else [part] if part else []):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def check_same_settings(cfg: Config, config_path: Path, samples_path: Path) -> None:
+    """Refuse to mix samples made with different decoding settings in one folder."""
+    if not config_path.exists() or not samples_path.exists() or samples_path.stat().st_size == 0:
+        return  # nothing generated yet: nothing to mix with
+    saved = json.loads(config_path.read_text())
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in DECODING_FIELDS
+             if saved.get(k) != getattr(cfg, k)]
+    if diffs:
+        raise RunMismatchError(f"{config_path}: this folder holds samples made with other settings "
+                               f"({'; '.join(diffs)}); use another --output-dir, or the saved settings")
+
+
+def load_records(path: Path, k: int) -> list[dict]:
+    """The rows of samples.jsonl, minus any problem with fewer than k rows (a run killed while
+    writing them); the file is rewritten without those rows so they are generated again."""
+    data.repair_torn_tail(path)
+    rows = list(data.iter_jsonl_tolerant(path))
+    counts = Counter((r["benchmark"], r["id"]) for r in rows)
+    complete = [r for r in rows if counts[(r["benchmark"], r["id"])] == k]
+    if len(complete) < len(rows):
+        partial = sorted({key for key, c in counts.items() if c != k})
+        print(f"{path}: dropping {len(rows) - len(complete)} rows of {len(partial)} incomplete problems "
+              f"(e.g. {partial[0]}); they are generated again")
+        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in complete))
+    return complete
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+def grade_fields(completion: str, gold: str) -> dict:
+    """The grading columns of a sample row."""
+    result = grading.grade(completion, gold)  # how = what decided: string, number, math_verify, timeout...
+    return {"extracted": result.answer, "gold": gold, "verdict": result.verdict,
+            "correct": result.verdict == "correct", "how": result.how}
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Two extracted answers are one vote when the grader, taking `a` as the gold, says correct."""
+    return grading.grade_answer(b, a).verdict == "correct"
+
+
+def batch_seed(seed: int, benchmark: str, first_problem: dict) -> int:
+    """The sampling seed of a batch, from its first problem: stable across processes and reruns
+    (Python's hash() of a str is not)."""
+    return zlib.crc32(f"{seed}/{benchmark}/{first_problem['id']}".encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: pure functions, tested by hand in tests/test_evaluate.py
+# ---------------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1):
+    1 - C(n-c, k) / C(n, k), computed as a product so that large n does not overflow."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:  # every size-k subset holds a correct sample
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def bootstrap_means(values, resamples: int, seed) -> np.ndarray:
+    """Means of `resamples` resamples (with replacement, same size) of `values`; (resamples,)."""
+    x = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    return x[idx].mean(axis=1)
+
+
+def bootstrap_ci(values, resamples: int = 1000, seed=0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (one value per problem)."""
+    if len(values) == 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(bootstrap_means(values, resamples, seed), [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def majority_vote(answers: list[str | None], equivalent) -> int | None:
+    """Index of a sample of the most frequent answer, grouping answers for which
+    `equivalent(a, b)` holds (compared with the first member of each group); None when no sample
+    has an answer. Ties go to the group seen first."""
+    groups: list[list[int]] = []
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        for group in groups:
+            rep = answers[group[0]]
+            if answer == rep or equivalent(rep, answer):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
+        return None
+    return max(groups, key=len)[0]  # max keeps the first of equal-sized groups
+
+
+def summarize(rows: list[dict], resamples: int, seed: int) -> dict:
+    """{"benchmarks": {name: stats}, "average": stats} from the sample rows. Rates are fractions."""
+    by_bench: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_bench[r["benchmark"]][r["id"]].append(r)
+    benchmarks, boot = {}, []
+    for name, problems in by_bench.items():
+        groups = [sorted(g, key=lambda r: r["sample"]) for g in problems.values()]
+        scores = [sum(r["correct"] for r in g) / len(g) for g in groups]  # per problem
+        rng_seed = [seed, zlib.crc32(name.encode())]  # independent resamples per benchmark
+        boot.append(bootstrap_means(scores, resamples, rng_seed))
+        lo, hi = bootstrap_ci(scores, resamples, rng_seed)
+        samples = [r for g in groups for r in g]
+        stats = {
+            "n": len(groups), "samples": len(samples), "accuracy": float(np.mean(scores)), "ci_low": lo, "ci_high": hi,
+            "no_answer_rate": float(np.mean([r["verdict"] == "no_answer" for r in samples])),
+            "unparseable_rate": float(np.mean([r["verdict"] == "unparseable" for r in samples])),
+            "truncation_rate": float(np.mean([r["truncated"] for r in samples])),
+            "mean_tokens": float(np.mean([r["num_tokens"] for r in samples])),
+            "seconds_per_problem": float(sum(r.get("seconds", 0.0) for r in samples) / len(groups)),
+        }
+        k = min(len(g) for g in groups)
+        if k > 1:
+            for j in [2 ** e for e in range(1, k.bit_length()) if 2 ** e < k] + [k]:
+                stats[f"pass@{j}"] = float(np.mean([pass_at_k(len(g), sum(r["correct"] for r in g), j) for g in groups]))
+            votes = [majority_vote([r["extracted"] for r in g], same_answer) for g in groups]
+            stats[f"maj@{k}"] = float(np.mean([v is not None and g[v]["correct"] for v, g in zip(votes, groups)]))
+        benchmarks[name] = stats
+    average = {}
+    if benchmarks:  # unweighted: every benchmark counts once, whatever its size
+        keys = [key for key in next(iter(benchmarks.values())) if all(key in s for s in benchmarks.values())]
+        average = {key: float(np.mean([s[key] for s in benchmarks.values()])) for key in keys}
+        average["n"] = sum(s["n"] for s in benchmarks.values())
+        average["samples"] = sum(s["samples"] for s in benchmarks.values())
+        # stratified bootstrap: resample each benchmark on its own, average the resampled means
+        average["ci_low"], average["ci_high"] = (float(q) for q in np.quantile(np.mean(boot, axis=0), [0.025, 0.975]))
+    return {"benchmarks": benchmarks, "average": average}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stamp and report
+# ---------------------------------------------------------------------------------------------
+def make_stamp(cfg: Config) -> dict:
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+    return {
+        "model": cfg.model, "adapter": cfg.adapter, "prompt_template_hash": data.prompt_template_hash(),
+        "decoding": {"greedy": cfg.temperature == 0, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                     "num_samples": cfg.num_samples, "max_completion_length": cfg.max_completion_length,
+                     "batch_size": cfg.batch_size},
+        "seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap_resamples,
+        "versions": {pkg: version(pkg) for pkg in ("torch", "transformers", "peft", "math-verify")},
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def render_report(summary: dict) -> str:
+    st, d = summary["stamp"], summary["stamp"]["decoding"]
+    decoding = "greedy" if d["greedy"] else f"temperature {d['temperature']}, top-p {d['top_p']}"
+    lines = [
+        f"# Evaluation of {st['model']}" + (f" + {st['adapter']}" if st["adapter"] else ""), "",
+        f"- model: `{st['model']}`; adapter: `{st['adapter']}`",
+        f"- prompt template hash: `{st['prompt_template_hash']}`",
+        f"- decoding: {decoding}, {d['num_samples']} sample(s) per problem, at most {d['max_completion_length']} "
+        f"new tokens, batch size {d['batch_size']}",
+        f"- seed {st['seed']}; 95% interval: percentile bootstrap over problems, {st['bootstrap_resamples']} resamples",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
+        f"- date: {st['date']}" + (" (verdicts regraded from saved completions)" if st.get("regraded") else ""), "",
+    ]
+    extra = [key for key in summary["average"] if key.startswith(("pass@", "maj@"))]
+    header = ["benchmark", "n", "accuracy % (95% CI)", "no answer %", "truncated %", "mean tokens"]
+    header += [f"{key} %" for key in extra]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    rows = list(summary["benchmarks"].items()) + ([("**average** (unweighted)", summary["average"])]
+                                                   if summary["average"] else [])
+    for name, s in rows:
+        cells = [name, str(s["n"]), f"{pct(s['accuracy'])} ({pct(s['ci_low'])}-{pct(s['ci_high'])})",
+                 pct(s["no_answer_rate"]), pct(s["truncation_rate"]), f"{s['mean_tokens']:.0f}"]
+        cells += [pct(s[key]) if key in s else "" for key in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Rates are over samples; accuracy is the mean over problems of the fraction of correct samples. "
+              "no answer = nothing extractable; mean tokens include the EOS token."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, rows: list[dict], stamp: dict, resamples: int, seed: int) -> dict:
+    summary = {**summarize(rows, resamples, seed), "stamp": stamp}
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps({"benchmark": name, **s}) + "\n"
+                                                for name, s in summary["benchmarks"].items()))
+    write_atomic(out / "report.md", render_report(summary))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Regrade: new verdicts for saved completions, no model
+# ---------------------------------------------------------------------------------------------
+def regrade(cfg: Config, out: Path) -> dict:
+    samples_path, config_path = out / "samples.jsonl", out / "config.json"
+    if not samples_path.exists() or not config_path.exists():
+        raise FileNotFoundError(f"{out}: --regrade needs samples.jsonl and config.json from an earlier run")
+    saved = json.loads(config_path.read_text())
+    run_cfg = dataclasses.replace(cfg, **{k: saved[k] for k in DECODING_FIELDS + ("batch_size",) if k in saved},
+                                  data_dir=cfg.data_dir or saved.get("data_dir"))
+    data.repair_torn_tail(samples_path)
+    rows = data.read_jsonl(samples_path, required=("benchmark", "id", "sample", "completion", "gold"))
+    golds = {}
+    for name in dict.fromkeys(r["benchmark"] for r in rows):
+        try:  # the current loader's gold, so a fix to the gold parsing takes effect too
+            golds.update({(name, p["id"]): p["gold"] for p in data.load_problems(name, run_cfg.data_dir)})
+        except data.DataError as e:
+            print(f"regrade: keeping the saved gold of {name} ({e})")
+    changed, new_gold = 0, 0
+    for r in tqdm(rows, desc="regrade", unit="sample"):
+        gold = golds.get((r["benchmark"], r["id"]), r["gold"])
+        new_gold += gold != r["gold"]
+        fields = grade_fields(r["completion"], gold)
+        changed += fields["verdict"] != r.get("verdict")
+        r.update(fields)
+    write_atomic(samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"regraded {len(rows)} samples: {changed} verdicts changed, {new_gold} golds updated")
+    stamp = {**make_stamp(run_cfg), "regraded": True}  # date = now; the completions are older
+    summary = write_outputs(out, load_records(samples_path, run_cfg.num_samples), stamp,
+                            cfg.bootstrap_resamples, run_cfg.seed)
+    print((out / "report.md").read_text())
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Main: setup -> generate the pending problems -> grade -> summary and report
+# ---------------------------------------------------------------------------------------------
+def main(cfg: Config) -> dict:
+    out = Path(cfg.output_dir)
+    if cfg.regrade:
+        return regrade(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples_path, config_path = out / "samples.jsonl", out / "config.json"
+    check_same_settings(cfg, config_path, samples_path)
+    save_config(cfg, config_path)
+    k = cfg.num_samples
+
+    # --- setup: problems, and what samples.jsonl already holds (resume) ---
+    problems = {name: data.load_problems(name, cfg.data_dir, cfg.limit) for name in benchmark_names(cfg.benchmarks)}
+    recorded = {(r["benchmark"], r["id"]): r["prompt"] for r in load_records(samples_path, k)}
+    n_pending = sum((name, p["id"]) not in recorded for name, ps in problems.items() for p in ps)
+    print(f"{out}: {len(recorded)} problems already recorded, {n_pending} to generate ({k} sample(s) each)")
+
+    if n_pending:
+        model, tokenizer = modeling.load_model_and_tokenizer(cfg.model, adapter=cfg.adapter)
+        for name, ps in problems.items():  # a changed template would mix two prompts in one table
+            for p in ps:
+                saved = recorded.get((name, p["id"]))
+                if saved is not None and saved != data.format_prompt(tokenizer, p["question"]):
+                    raise RunMismatchError(f"{samples_path}: the recorded prompt of {p['id']} differs from the "
+                                           f"current one (template {data.prompt_template_hash()}); use another --output-dir")
+        todo = [(name, p) for name, ps in problems.items() for p in ps]
+        per_batch = max(1, cfg.batch_size // k)  # problems per batch: all k samples of a problem together
+        bar = tqdm(total=n_pending, desc="evaluate", unit="problem", dynamic_ncols=True)
+        correct, seen = 0, 0
+        for start in range(0, len(todo), per_batch):  # fixed boundaries: a rerun finds the same batches
+            batch = [(name, p) for name, p in todo[start:start + per_batch] if (name, p["id"]) not in recorded]
+            if not batch:
+                continue
+            # --- generation: k samples per problem, KV-cached, rows prompt-major ---
+            prompts = [data.format_prompt(tokenizer, p["question"]) for _, p in batch]
+            t0 = time.perf_counter()
+            comp = generation.sample(model, tokenizer, prompts, num_samples=k, temperature=cfg.temperature,
+                                     top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
+                                     seed=batch_seed(cfg.seed, *todo[start]), batch_size=cfg.batch_size)
+            seconds = time.perf_counter() - t0
+            lengths = comp.lengths.tolist()  # (N,) completion tokens, EOS included
+            # --- grading: one row per sample, flushed as it is written ---
+            for i, text in enumerate(comp.texts):
+                name, p = batch[comp.prompt_index[i]]
+                row = {"benchmark": name, "id": p["id"], "sample": i % k, "prompt": prompts[comp.prompt_index[i]],
+                       "completion": text, **grade_fields(text, p["gold"]), "num_tokens": lengths[i],
+                       "truncated": bool(comp.truncated[i]), "seconds": seconds / len(comp.texts)}
+                data.append_jsonl(samples_path, row)
+                correct, seen = correct + row["correct"], seen + 1
+            bar.update(len(batch))
+            bar.set_postfix(bench=name, acc=f"{correct / seen:.3f}", tok_s=f"{sum(lengths) / seconds:.1f}")
+        bar.close()
+
+    # --- summary and report over everything recorded in the folder ---
+    summary = write_outputs(out, load_records(samples_path, k), make_stamp(cfg), cfg.bootstrap_resamples, cfg.seed)
+    print((out / "report.md").read_text())
+    return summary
+
+
+if __name__ == "__main__":
+    main_guard(main, Config, __doc__)
