@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pns_mini.data import ANSWER_INSTRUCTION, SYSTEM_PROMPT, DataError, offline_problems, prompt_text
+from pns_mini.data import ANSWER_INSTRUCTION, SYSTEM_PROMPT, DataError, offline_problems, prompt_messages, prompt_text
 from train_dpo import TIMING_KEYS, Config, main, read_pairs
 
 
@@ -108,7 +108,8 @@ def test_two_step_smoke_run_writes_outputs_and_moves_lora(tmp_path, tiny_model_d
     # the prompt the model saw is the chat prompt evaluate.py builds, the answer instruction once
     sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert sample["prompt"].startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>")
-    assert sample["prompt"].count(ANSWER_INSTRUCTION) == 1 and sample["prompt"].endswith("<|im_start|>assistant\n")
+    n_user_turns = sum(m["role"] == "user" for m in prompt_messages("x"))  # the worked example + the question
+    assert sample["prompt"].count(ANSWER_INSTRUCTION) == n_user_turns and sample["prompt"].endswith("<|im_start|>assistant\n")
     assert sample["chosen"].endswith("}<|im_end|>") and sample["chosen"].count("<|im_end|>") == 1
     report = (out / "report.md").read_text()
     assert "read 6, dropped as too long 0" in report and '"step": 2' in report

@@ -1,0 +1,481 @@
+r"""Train the reward model PNS uses as one term of the negative generator's reward: a causal LM
+with a scalar head (AutoModelForSequenceClassification, one label), Bradley-Terry loss plus a
+centring penalty (losses.reward_model_loss):
+
+    L = mean over pairs of [ -log sigmoid(r_chosen - r_rejected) + lambda * (r_chosen + r_rejected)^2 ]
+
+The first term only sees the margin; the second keeps the scores near zero, so they add cleanly to
+the other reward terms (format, accuracy inversion, CoT judge) in train_generator.py.
+
+Reads:  --pairs FILE: preference pairs in TRL's format, one JSON object a line: "chosen" and
+        "rejected" (strings, or chat-message lists [{"role", "content"}, ...]) and an optional
+        "prompt" of the same kind; other fields (metadata) are kept in samples.jsonl. By default
+        these are synthesize.py --negative-source rejection pairs: prompt = [system, user:
+        data.prompt_text(question)], chosen / rejected = [assistant: verified-correct / verified-
+        wrong solution]. --pairs offline makes pairs from data.load_problems("offline") instead
+        (the worked solution vs the same solution with its last step altered), no files needed.
+Writes: <output-dir>/config.json, metrics.jsonl (one row per step; eval/* keys on eval steps),
+        checkpoints/step-N/ (adapter + optimizer + scheduler + RNG), adapter/ (LoRA + score head),
+        final/ (the MERGED plain sequence-classification model + tokenizer, config.pad_token_id set:
+        loads as `--reward-model DIR` in train_generator.py / synthesize.py, in TRL, in plain HF),
+        samples.jsonl (every held-out pair with full texts and both scores), plots/*.png
+        (loss, accuracy, scores, optim, score_hist), summary.json and report.md.
+
+Examples:
+    python train_reward_model.py --pairs offline --limit 80 --eval-fraction 0.2 --max-steps 16 \
+        --learning-rate 2e-4 --warmup-steps 2 --eval-steps 8 --output-dir runs/rm-offline  # CPU: ~30-40 min
+    python train_reward_model.py --pairs runs/synth/pairs.jsonl --model Qwen/Qwen3-4B-Instruct-2507 \
+        --gradient-checkpointing --output-dir runs/rm-qwen3-4b             # the paper's setting, QLoRA
+    python train_reward_model.py --pairs runs/synth/pairs.jsonl --output-dir runs/rm --resume --max-steps 400
+
+Method choices and deviations from the paper (arXiv 2602.03516):
+- Base model: the paper trains Qwen3-4B; we default to the embedded SmolLM2-135M-Instruct so the
+  script runs anywhere. Any causal LM loads: the score head is a new bias-free linear layer on the
+  last hidden state, trained together with a LoRA adapter (peft modules_to_save=["score"]); a 4-bit
+  NF4 base (QLoRA) by default on CUDA, fp32 on CPU.
+- lambda: the paper does not give it. Default 0.01, TRL's suggestion (after Eisenstein et al.
+  2023). Its gradient w.r.t. the two scores of a pair is the same, so in score space it moves their
+  mean, not their margin; through the shared weights it still competes with the margin, so keep it
+  small: at 0.01 a pair whose scores sum to 3 pays 0.09, against a Bradley-Terry term of 0.1-0.7.
+- Input text, as TRL's RewardTrainer: message lists -> the chat template of prompt + completion,
+  no generation prompt; strings -> prompt + completion + EOS. The score is the logit at the LAST
+  token that is not the pad token (Hugging Face's sequence-classification rule; with pad == EOS a
+  text ending in EOS is read at the token before it, padded or not). Rows are LEFT-padded with
+  position ids that skip the padding (modeling.sequence_scores), so a score does not depend on
+  its batch.
+- Pairs longer than --max-length tokens (either side) are dropped and counted, never truncated:
+  cutting the end would cut the final answer, the thing the two sides differ in.
+- The held-out split is by PROMPT (all pairs of a question land on the same side), seeded.
+- Loss reduction: mean over the pairs of a micro-batch, divided by gradient_accumulation_steps
+  (micro-batches are equal-sized), i.e. the mean over all pairs of the optimizer step.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pns_mini import data, runs
+from pns_mini.config import main_guard, save_config
+from pns_mini.data import DataError
+from pns_mini.losses import reward_model_loss
+from pns_mini.modeling import (load_model_and_tokenizer, resolve_device, save_atomic, sequence_scores,
+                               trainable_parameters)
+
+
+@dataclass
+class Config:
+    model: str = "smollm2-135m"
+    """Base instruct model: Hub id, local folder or the alias smollm2-135m (the paper: Qwen3-4B)."""
+    pairs: str = "offline"
+    """Preference pairs JSONL (TRL format: prompt/chosen/rejected), or 'offline' (pairs made from the offline problems)."""
+    limit: int | None = None
+    """Use only the first N pairs of the file (offline: make N pairs; default 200); none = all."""
+    output_dir: str = "runs/reward-model"
+    """Run folder (config, metrics, checkpoints, adapter/, final/, plots, report)."""
+    seed: int = 0
+    """Seed for the score head's init, the held-out split and the data order."""
+    eval_fraction: float = 0.1
+    """Share of PROMPTS held out for evaluation (0-0.5; 0 = no held-out set)."""
+    max_length: int = 1024
+    """Pairs with a side longer than this many tokens are dropped (and counted), never truncated."""
+    center_rewards_coefficient: float = 0.01
+    """lambda of the centring term lambda*(r_c+r_r)^2 (0-0.1; 0 = plain Bradley-Terry)."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the LoRA weights and the score head (1e-5 to 5e-4)."""
+    per_device_train_batch_size: int = 4
+    """Pairs per micro-batch (each pair is two sequences in one forward)."""
+    gradient_accumulation_steps: int = 2
+    """Micro-batches per optimizer step (pairs per step = this * per_device_train_batch_size)."""
+    per_device_eval_batch_size: int = 8
+    """Pairs per forward when scoring the held-out set."""
+    max_steps: int = 100
+    """Optimizer steps (the data cycles through reshuffled epochs as needed)."""
+    warmup_steps: int = 5
+    """Linear LR warmup steps (0 to ~10% of max_steps)."""
+    lr_scheduler_type: str = "cosine"
+    """LR schedule after warmup: cosine (to 0 at max_steps) or constant."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    lora_r: int = 16
+    """LoRA rank on the attention and MLP projections (8-64)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (usually 2 * lora_r)."""
+    load_in_4bit: bool | None = None
+    """4-bit NF4 base (QLoRA); unset = on when the device is CUDA."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (turn on for 4B models on one GPU)."""
+    eval_steps: int = 10
+    """Score the held-out set every N steps and at the last step (0 = only at the last step)."""
+    save_steps: int = 50
+    """Write checkpoints/step-N every N steps (one is always written at the end)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in --output-dir (a larger --max-steps extends a finished run)."""
+    device: str = "auto"
+    """cuda, cpu or auto."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.eval_fraction <= 0.5:
+            raise ValueError(f"--eval-fraction must be in [0, 0.5], got {self.eval_fraction}")
+        if self.center_rewards_coefficient < 0:
+            raise ValueError(f"--center-rewards-coefficient must be >= 0, got {self.center_rewards_coefficient}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+                     "max_steps", "lora_r", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr_scheduler_type not in ("cosine", "constant"):
+            raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
+
+
+# These must match between a run and its --resume: they decide the data, its order and the weights' shapes.
+RESUME_KEYS = ("model", "pairs", "limit", "seed", "eval_fraction", "max_length", "per_device_train_batch_size",
+               "gradient_accumulation_steps", "lora_r", "lora_alpha")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs: read and check, or make from the offline problems
+# ---------------------------------------------------------------------------------------------
+def _check_messages(value, field: str, where: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}' must be a non-empty list of chat messages or a string, "
+                        f"got {value!r:.80}")
+    for k, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: field '{field}' message {k} must be {{\"role\": str, \"content\": str}}, "
+                            f"got {m!r:.80}")
+
+
+def load_pairs(path: str, limit: int | None = None) -> list[dict]:
+    """Rows of a TRL-format preference JSONL, checked. All of prompt/chosen/rejected are strings, or
+    all are message lists (the prompt may be absent: TRL's implicit-prompt format). Adds "line"."""
+    rows = data.read_jsonl(path, required=("chosen", "rejected"))
+    lines = [n for n, text in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if text.strip()]
+    for row, line in zip(rows, lines):
+        where = f"{path}:{line}"
+        row.setdefault("prompt", [] if isinstance(row["chosen"], list) else "")
+        if isinstance(row["chosen"], str):
+            for field in ("prompt", "chosen", "rejected"):
+                if not isinstance(row[field], str):
+                    raise DataError(f"{where}: field '{field}' must be a string like 'chosen' (standard format), "
+                                    f"got {type(row[field]).__name__}")
+            if not row["chosen"].strip() or not row["rejected"].strip():
+                raise DataError(f"{where}: field '{'chosen' if not row['chosen'].strip() else 'rejected'}' is empty")
+        else:
+            for field in ("chosen", "rejected"):
+                _check_messages(row[field], field, where)
+            if row["prompt"] != []:
+                _check_messages(row["prompt"], "prompt", where)
+        row["line"] = line
+    return rows if limit is None else rows[:limit]
+
+
+_LAST_OP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\$?)(\d+)")  # "60 - 13 = $47": the step's arithmetic
+
+
+def offline_pairs(n: int, seed: int) -> list[dict]:
+    r"""n pairs from the offline problems, in synthesize.py's layout: chosen = the worked solution,
+    rejected = the same solution with its LAST step altered and the \boxed{} answer following it.
+    Two in three pairs carry an arithmetic slip in that step (off by 1, 2 or 10: the line no longer
+    adds up); one in three applies the wrong operation, computed correctly (consistent arithmetic,
+    wrong reasoning), so the model cannot win by checking the last sum alone."""
+    pairs = []
+    for p in data.load_problems("offline", limit=n, seed=seed):
+        rng = random.Random(f"pns-mini/rm-pairs/{seed}/{p['id']}")
+        *steps, _ = p["solution"].split("\n")  # the last line holds the boxed answer
+        m = list(_LAST_OP.finditer(steps[-1]))[-1]
+        a, op, b, dollar, c = m.groups()
+        a, b, gold = int(a), int(b), int(c)
+        assert str(gold) == p["gold"], (p["id"], steps[-1])  # the last step computes the answer
+        kind, wrong = "slip", None
+        if len(pairs) % 3 == 2:  # the wrong operation, computed correctly
+            swapped = {"+": "-", "-": "+", "*": "+", "/": "*"}[op]
+            value = {"+": a + b, "-": a - b, "*": a * b}[swapped]
+            if 0 < value != gold:
+                kind, op, wrong = "wrong_op", swapped, value
+        if wrong is None:  # an arithmetic slip in the last step
+            wrong = gold + rng.choice([d for d in (-10, -2, -1, 1, 2, 10) if gold + d > 0])
+        last = steps[-1][:m.start()] + f"{a} {op} {b} = {dollar}{wrong}" + steps[-1][m.end():]
+        rejected = "\n".join(steps[:-1] + [last, data.final_answer_sentence(str(wrong))])
+        pairs.append({
+            "prompt": [{"role": "system", "content": data.SYSTEM_PROMPT},
+                       {"role": "user", "content": data.prompt_text(p["question"])}],
+            "chosen": [{"role": "assistant", "content": p["solution"]}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "id": p["id"], "gold": p["gold"], "rejected_answer": str(wrong), "kind": kind, "line": None})
+    return pairs
+
+
+def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, eval): a seeded share of the distinct prompts, with all their pairs, is held out."""
+    keys = list(dict.fromkeys(json.dumps(p["prompt"], sort_keys=True) for p in pairs))  # file order
+    random.Random(f"pns-mini/rm-split/{seed}").shuffle(keys)
+    held = set(keys[:round(eval_fraction * len(keys))])
+    is_eval = [json.dumps(p["prompt"], sort_keys=True) in held for p in pairs]
+    return [p for p, e in zip(pairs, is_eval) if not e], [p for p, e in zip(pairs, is_eval) if e]
+
+
+# ---------------------------------------------------------------------------------------------
+# Text -> tokens -> scores
+# ---------------------------------------------------------------------------------------------
+def encode(tokenizer, prompt, completion) -> list[int]:
+    """Token ids of one side of a pair, as TRL's RewardTrainer builds them."""
+    if isinstance(completion, list):  # conversational: the chat template, no generation prompt
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError("chat-message pairs need a tokenizer with a chat template; this one has none")
+        text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = prompt + completion
+    if not text.endswith(tokenizer.eos_token):
+        text += tokenizer.eos_token  # plain text: end with EOS, as TRL does
+    return tokenizer(text)["input_ids"]
+
+
+def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask  # (B, L), (B, L)
+
+
+def score_rows(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(B,) scores of token rows in one forward: left padding + position ids skipping it."""
+    ids, mask = pad_left(rows, pad_id)
+    device = next(model.parameters()).device
+    return sequence_scores(model, ids.to(device), mask.to(device))  # (B,) fp32
+
+
+@torch.no_grad()
+def score_pairs(model, pairs: list[dict], pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen (N,), rejected (N,)) scores in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for i in range(0, len(pairs), batch_size):
+        batch = pairs[i:i + batch_size]
+        scores = score_rows(model, [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch], pad_id)
+        chosen.append(scores[:len(batch)].cpu())
+        rejected.append(scores[len(batch):].cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def pair_stats(chosen: torch.Tensor, rejected: torch.Tensor, center_coef: float) -> dict[str, float]:
+    loss, stats = reward_model_loss(chosen, rejected, center_coef)
+    return {"loss": loss.item(), **stats}
+
+
+def batch_indices(step: int, micro: int, batch_size: int, grad_accum: int, n: int, seed: int) -> list[int]:
+    """Pair indices of micro-batch `micro` of optimizer step `step` (0-based). The data is an endless
+    stream of reshuffled epochs, a pure function of the step, so --resume continues it exactly."""
+    start = (step * grad_accum + micro) * batch_size
+    out = []
+    for pos in range(start, start + batch_size):
+        epoch, k = divmod(pos, n)
+        order = list(range(n))
+        random.Random(f"pns-mini/rm-order/{seed}/{epoch}").shuffle(order)
+        out.append(order[k])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+def plot_score_hist(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path) -> None:
+    """One panel per split: histograms of the chosen (correct) and rejected (wrong) scores."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False)
+    for ax, (name, (chosen, rejected)) in zip(axes[0], scores.items()):
+        both = torch.cat([chosen, rejected])
+        bins = torch.linspace(both.min().item() - 1e-3, both.max().item() + 1e-3, 21).tolist()
+        ax.hist(chosen.tolist(), bins=bins, alpha=0.6, label=f"chosen (correct), mean {chosen.mean():.2f}")
+        ax.hist(rejected.tolist(), bins=bins, alpha=0.6, label=f"rejected (wrong), mean {rejected.mean():.2f}")
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_title(f"{name}: {len(chosen)} pairs")
+        ax.set_xlabel("reward-model score")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, cfg: Config, summary: dict) -> None:
+    def row(name, s):
+        return f"| {name} | - | - | - | - | - |" if s is None else (
+            f"| {name} | {s['pairs']} | {s['accuracy']:.3f} | {s['score_mean']:+.3f} | "
+            f"{s['chosen_mean']:+.3f} / {s['rejected_mean']:+.3f} | {s['margin_mean']:+.3f} |")
+    n = summary["pairs"]
+    (out / "report.md").write_text("\n".join([
+        f"# Reward model: {cfg.model} on {cfg.pairs}", "",
+        f"Bradley-Terry + centring (lambda {cfg.center_rewards_coefficient}), LoRA r={cfg.lora_r}, {summary['steps']} "
+        f"steps of {cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps} pairs, lr {cfg.learning_rate} "
+        f"({cfg.lr_scheduler_type}). Pairs: {n['train']} train, {n['eval']} held out (by prompt), "
+        f"{n['dropped_too_long']} dropped as longer than {cfg.max_length} tokens.", "",
+        "Scores of the merged model in `final/` (eval mode):", "",
+        "| split | pairs | accuracy | mean score | chosen / rejected mean | margin |", "| --- | --- | --- | --- | --- | --- |",
+        row("held-out", summary["eval"]), row("train", summary["train"]), "", "![scores](plots/score_hist.png)", "",
+        "Load it with `--reward-model final` (merged) or `--reward-model adapter`. Curves: plots/*.png.", ""]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def main(cfg: Config) -> dict:
+    out = Path(cfg.output_dir)
+    metrics_path = out / "metrics.jsonl"
+    if not cfg.resume and (runs.list_checkpoints(out) or metrics_path.exists()):
+        raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
+    if cfg.resume and (out / "config.json").exists():
+        old = json.loads((out / "config.json").read_text())
+        changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(cfg, k)]
+        if changed:
+            raise DataError(f"--resume with different {', '.join(changed)} than {out}/config.json "
+                             f"({', '.join(f'{k}={old[k]!r}' for k in changed)}): the data or the weights would not match")
+    # Pairs first: a malformed file fails before anything is written or loaded.
+    pairs = offline_pairs(cfg.limit or 200, cfg.seed) if cfg.pairs == "offline" else load_pairs(cfg.pairs, cfg.limit)
+    train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+
+    device = resolve_device(cfg.device)
+    load_in_4bit = device.type == "cuda" if cfg.load_in_4bit is None else cfg.load_in_4bit
+    runs.seed_everything(cfg.seed)  # the new score head is drawn at load time
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, num_labels=1, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, load_in_4bit=load_in_4bit,
+        gradient_checkpointing=cfg.gradient_checkpointing, device=cfg.device)
+    pad_id = model.config.pad_token_id  # sequence_scores reads the last token that is not this id
+    head = [n for n, p in model.named_parameters() if p.requires_grad and "score" in n and "lora" not in n]
+    if not head:
+        raise RuntimeError("the score head is frozen: the reward model would keep its random head "
+                           "(load_model_and_tokenizer should put 'score' in modules_to_save)")
+
+    dropped = 0
+    for split in (train_pairs, eval_pairs):
+        for p in split:
+            p["chosen_ids"], p["rejected_ids"] = encode(tokenizer, p["prompt"], p["chosen"]), encode(
+                tokenizer, p["prompt"], p["rejected"])
+        kept = [p for p in split if max(len(p["chosen_ids"]), len(p["rejected_ids"])) <= cfg.max_length]
+        dropped += len(split) - len(kept)
+        split[:] = kept
+    if not train_pairs:
+        raise DataError(f"{cfg.pairs}: no training pairs left ({dropped} longer than --max-length {cfg.max_length}, "
+                        f"{len(eval_pairs)} held out)")
+    print(f"pairs: {len(train_pairs)} train, {len(eval_pairs)} held out, {dropped} dropped (> {cfg.max_length} tokens)")
+
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    scheduler = runs.make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type)
+    start_step = 0
+    if cfg.resume and runs.latest_checkpoint(out) is not None:
+        state = runs.load_checkpoint(runs.latest_checkpoint(out), model, optimizer, scheduler)
+        start_step = state["step"]
+        print(f"resumed from {runs.latest_checkpoint(out)} (step {start_step})")
+    data.repair_torn_tail(metrics_path)
+    runs.truncate_metrics(metrics_path, start_step)  # rows after the checkpoint are written again
+
+    pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    model.train()
+    bar = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="reward model")
+    for step in bar:
+        t0 = time.time()
+        optimizer.zero_grad(set_to_none=True)
+        stats = []
+        for micro in range(cfg.gradient_accumulation_steps):
+            idx = batch_indices(step, micro, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                                len(train_pairs), cfg.seed)
+            batch = [train_pairs[i] for i in idx]
+            # ---- score: chosen and rejected sides of B pairs in one forward of 2B rows ----
+            scores = score_rows(model, [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch], pad_id)
+            chosen, rejected = scores[:len(batch)], scores[len(batch):]  # (B,), (B,)
+            # ---- loss: Bradley-Terry + centring, mean over pairs; / GA = mean over the step's pairs ----
+            loss, s = reward_model_loss(chosen, rejected, cfg.center_rewards_coefficient)
+            if not loss.isfinite():
+                raise RuntimeError(f"step {step + 1}: loss is {loss.item()} (scores {scores.tolist()})")
+            (loss / cfg.gradient_accumulation_steps).backward()
+            stats.append({"loss": loss.item(), **s})
+        # ---- update ----
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+
+        row = {"step": step + 1, "epoch": round((step + 1) * pairs_per_step / len(train_pairs), 4),
+               **{k: sum(d[k] for d in stats) / len(stats) for k in stats[0]},
+               "grad_norm": grad_norm.item(), "lr": lr, "step_time_s": round(time.time() - t0, 3)}
+        if eval_pairs and ((cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or step + 1 == cfg.max_steps):
+            ev = pair_stats(*score_pairs(model, eval_pairs, pad_id, cfg.per_device_eval_batch_size),
+                            cfg.center_rewards_coefficient)
+            row.update({f"eval/{k}": v for k, v in ev.items()})
+        data.append_jsonl(metrics_path, row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", score=f"{row['score_mean']:+.2f}",
+                        margin=f"{row['margin_mean']:+.2f}", gnorm=f"{row['grad_norm']:.2f}", lr=f"{lr:.1e}",
+                        **({"eval_acc": f"{row['eval/accuracy']:.2f}"} if "eval/accuracy" in row else {}))
+        if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
+            runs.save_checkpoint(out, step + 1, model, tokenizer, optimizer, scheduler,
+                                 extra={"pairs_seen": (step + 1) * pairs_per_step})
+    bar.close()
+
+    # ---- save: a checkpoint at the end, the adapter, and the merged plain model ----
+    final_step = max(start_step, cfg.max_steps)
+    if final_step not in runs.list_checkpoints(out):
+        runs.save_checkpoint(out, final_step, model, tokenizer, optimizer, scheduler,
+                             extra={"pairs_seen": final_step * pairs_per_step})
+    save_atomic(model, tokenizer, out / "adapter")
+    del model, optimizer, scheduler, params
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    # A 4-bit base cannot be merged: reload it unquantized, apply the adapter, merge, save.
+    merged, tokenizer = load_model_and_tokenizer(str(out / "adapter"), num_labels=1, device=cfg.device)
+    merged = merged.merge_and_unload()
+    merged.config.pad_token_id = pad_id  # the sequence-classification rule needs it in config.json
+    save_atomic(merged, tokenizer, out / "final")
+
+    # ---- evaluate the saved model: accuracy, mean score, score distributions ----
+    summary = {"steps": final_step, "center_rewards_coefficient": cfg.center_rewards_coefficient,
+               "pairs": {"train": len(train_pairs), "eval": len(eval_pairs), "dropped_too_long": dropped}}
+    hist, samples = {}, []
+    for name, split in (("eval", eval_pairs), ("train", train_pairs)):
+        if not split:
+            summary[name] = None
+            continue
+        chosen, rejected = score_pairs(merged, split, pad_id, cfg.per_device_eval_batch_size)
+        summary[name] = {"pairs": len(split), **pair_stats(chosen, rejected, cfg.center_rewards_coefficient),
+                         "chosen_mean": chosen.mean().item(), "rejected_mean": rejected.mean().item(),
+                         "score_abs_mean": torch.cat([chosen, rejected]).abs().mean().item()}
+        hist["held-out" if name == "eval" else "train"] = (chosen, rejected)
+        if name == "eval":
+            keep = ("chosen_ids", "rejected_ids")
+            samples = [{**{k: v for k, v in p.items() if k not in keep}, "chosen_score": c, "rejected_score": r}
+                       for p, c, r in zip(split, chosen.tolist(), rejected.tolist())]
+    (out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    plot_score_hist(hist, out / "plots" / "score_hist.png")
+    runs.plot_metrics(metrics_path, out / "plots", {
+        "loss": ["loss", "eval/loss"], "accuracy": ["accuracy", "eval/accuracy"],
+        "scores": ["score_mean", "margin_mean", "eval/score_mean", "eval/margin_mean"],
+        "optim": ["grad_norm"], "lr": ["lr"]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(out, cfg, summary)
+    ev = summary["eval"] or summary["train"]
+    print(f"{'held-out' if summary['eval'] else 'train'}: accuracy {ev['accuracy']:.3f}, mean score "
+          f"{ev['score_mean']:+.3f}, margin {ev['margin_mean']:+.3f} -> {out / 'final'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main_guard(main, Config, __doc__)
