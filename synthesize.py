@@ -1,0 +1,584 @@
+r"""Stage 2 of PNS: turn negative samples into preference pairs. For every problem, `chosen` is a
+verified-correct solution and `rejected` the most plausible verified-wrong one.
+
+Reads
+  --problems     offline | gsm8k_train | a benchmark name | a JSONL of {id, question, gold[, solution]}
+  --model        the policy / base instruct model (rejection and prompted negatives, policy chosen,
+                 and the base model the scorers reuse)
+  --generator    the stage-1 negative generator (train_generator.py's <run>/final adapter folder)
+  --reward-model, --judge-model   the plausibility scorers of stage 1 (pns_mini/scorers.py)
+Writes (--output-dir)
+  config.json    resolved config; rerunning the same command resumes: a problem is done once all
+                 its pairs or its skip row are written, so a kill -9 loses at most the problem in flight
+  pairs.jsonl    one pair per row as TRL's DPOTrainer reads it: prompt = data.prompt_messages
+                 (system, the worked example, the question), chosen / rejected = [assistant message]
+                 (--pair-format string: the chat-templated prompt and plain texts), plus metadata:
+                 id, gold, answers, rejected_{format,accuracy,reward_model,judge,total},
+                 rm_raw_{chosen,rejected}, judge_{chosen,rejected}, token counts, rank, source...
+  skipped.jsonl  one row per problem without a pair and why: no_reference_solution,
+                 reference_malformed, reference_fails_checker, no_correct_policy_sample,
+                 no_wellformed_wrong_candidate, no_number_to_perturb
+  samples.jsonl  every candidate with its format reason, verdict and scores (a log, not resumed)
+  metrics.jsonl  running totals per sampling batch;  stats.json, report.md, plots/rm_scores.png
+
+Examples
+  python synthesize.py --negative-source pns --generator runs/generator/final --problems gsm8k_train --limit 2000
+  python synthesize.py --negative-source rejection --problems offline --limit 8 --num-candidates 4 \
+      --max-completion-length 256 --output-dir runs/syn-rejection
+  python synthesize.py --stats-only runs/syn-pns/pairs.jsonl,runs/syn-rejection/pairs.jsonl --output-dir runs/compare
+
+Method (the paper's exact selection rule and thresholds are not public; these are ours)
+  1. Chosen (--chosen-source): `gold` = the dataset's reference solution in our answer format
+     (GSM8K `#### N` -> "The final answer is \boxed{N}", `<<a*b=c>>` annotations removed;
+     offline and MATH solutions are already boxed); `policy` = the first well-formed correct
+     sample of --model among K. Either must pass rewards.format_check and grading.is_correct
+     before it is written; a problem without one is skipped (no fallback to the other source).
+  2. Candidates (--negative-source), K per problem, --batch-size problems per sampling call:
+     pns        the stage-1 generator, prompted like the policy;
+     rejection  --model's own samples (the paper's rejection-sampling baseline);
+     prompted   --model asked (PROMPTED_INSTRUCTION below) for a solution with a subtle error;
+     perturbed  the chosen with its final number (in the box and in the line just above that
+                produces it) moved to a nearby value, seeded per problem; no sampling.
+  3. Keep the candidates that are well-formed (rewards.format_check; a truncated one never is)
+     AND verified wrong (grading.is_confidently_wrong: an answer that cannot be parsed is never
+     "wrong").
+  4. Rank: pns/prompted by stage 1's composite reward (rewards.score_completions' total, with
+     --reward-weights). All kept candidates share format=1 and accuracy=1, so this is exactly the
+     weighted reward-model + judge plausibility. rejection/perturbed take a uniformly random kept
+     candidate (seed + problem id): the paper's rejection-sampled negative is just "a wrong
+     sample", and ranking it by the RM would make its RM-score comparison with pns unfair.
+     The top --pairs-per-problem candidates become pairs with the same chosen.
+  Stats (also --stats-only): per source, pairs / problems tried, the share of candidates kept,
+  the RM raw (logit) score of rejected vs chosen and the share of pairs where the rejected
+  scores at least as high (the paper's Fig. 1: plausible negative +3.34, correct +3.21,
+  rejection-sampled -3.13), judge score, mean tokens, and text similarity = difflib
+  SequenceMatcher ratio over whitespace-split words (1 = same words in the same order).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import math
+import random
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pns_mini import grading, rewards
+from pns_mini.config import main_guard
+from pns_mini.data import (BOXED_COMMAND, SYSTEM_PROMPT, DataError, append_jsonl, format_prompt,
+                           gsm8k_solution_to_boxed, iter_jsonl_tolerant, last_boxed, load_problems,
+                           prompt_messages, prompt_template_hash, repair_torn_tail)
+
+SOURCES = ("pns", "rejection", "prompted", "perturbed")
+# A resumed run must make the same kind of pairs: these fields (and the prompt template's hash)
+# must match the saved config.json.
+IDENTITY_FIELDS = ("negative_source", "chosen_source", "model", "generator", "problems",
+                   "reward_model", "judge_model", "seed", "pair_format")
+PROMPTED_INSTRUCTION = (
+    "Write a step-by-step solution to the problem below that looks careful and convincing but "
+    "contains one subtle mistake, such as a small calculation slip or a misread quantity, so that "
+    "the final answer is wrong. Do not point out or mention the mistake. Put the final answer "
+    "within \\boxed{{}}.\n\nProblem: {question}")
+
+
+@dataclass
+class Config:
+    model: str = "smollm2-135m"
+    """Policy / base instruct model: Hub id, folder or alias (rejection, prompted, policy chosen, scorers)."""
+    generator: str | None = None
+    """Stage-1 negative generator: train_generator.py's <run>/final adapter folder, or a model (needed by pns)."""
+    negative_source: str = "pns"
+    """Where negatives come from: pns | rejection | prompted | perturbed."""
+    chosen_source: str = "gold"
+    """Where the correct answer comes from: gold (reference solution) | policy (a correct --model sample)."""
+    problems: str = "gsm8k_train"
+    """offline | gsm8k_train | a benchmark name | a JSONL path of {id, question, gold[, solution]}."""
+    data_dir: str | None = None
+    """Folder with benchmarks/ and train/ (default: $PNS_MINI_DATA, ../shared/data, ./data)."""
+    limit: int | None = None
+    """Use the first N problems (none = all; offline: 200)."""
+    output_dir: str = "runs/synthesize"
+    """Run folder (pairs.jsonl, skipped.jsonl, stats); an existing one is resumed."""
+    seed: int = 0
+    """Seed for sampling, random picks and perturbations (per problem, so resume is reproducible)."""
+    num_candidates: int = 8
+    """Candidates sampled per problem, K (4-16; perturbed: distinct perturbations tried)."""
+    batch_size: int = 4
+    """Problems per sampling call (batch_size * num_candidates rows decode together)."""
+    max_completion_length: int = 512
+    """Max new tokens per sampled solution (256-1024); a truncated candidate is never kept."""
+    temperature: float = 1.0
+    """Sampling temperature (0.6-1.0; 0 = greedy, which makes K identical candidates)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (0.9-1.0)."""
+    pairs_per_problem: int = 1
+    """Rejected candidates kept per problem (1-4), each paired with the same chosen."""
+    reward_model: str | None = None
+    """Classifier reward model (train_reward_model.py output); none = a Yes/No verifier prompt on --model."""
+    judge_model: str | None = None
+    """LLM judge of the reasoning (scorers.JUDGE_RUBRIC); none = --model itself."""
+    reward_weights: str | None = None
+    """Comma list of weights for format,accuracy,reward_model,judge (none = rewards.DEFAULT_REWARD_WEIGHTS)."""
+    pair_format: str = "conversational"
+    """conversational (message lists, TRL's default) | string (chat-templated prompt, plain answers)."""
+    stats_only: str | None = None
+    """Only compute stats for existing pairs files (comma list); writes to --output-dir."""
+    load_in_4bit: bool = False
+    """Load models in 4-bit NF4 (bitsandbytes) to save memory."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16."""
+
+    def __post_init__(self):
+        if self.stats_only:
+            return
+        if self.negative_source not in SOURCES:
+            raise ValueError(f"--negative-source {self.negative_source!r}: accepted {', '.join(SOURCES)}")
+        if self.chosen_source not in ("gold", "policy"):
+            raise ValueError(f"--chosen-source {self.chosen_source!r}: accepted gold, policy")
+        if self.negative_source == "pns" and not self.generator:
+            raise ValueError("--negative-source pns needs --generator (train_generator.py's <run>/final)")
+        if self.pair_format not in ("conversational", "string"):
+            raise ValueError(f"--pair-format {self.pair_format!r}: accepted conversational, string")
+        for name in ("num_candidates", "batch_size", "pairs_per_problem", "max_completion_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
+        parse_weights(self.reward_weights)
+
+
+def parse_weights(text: str | None) -> dict | None:
+    """--reward-weights "0.5,1,1,1" -> {"format": 0.5, ...} in rewards.COMPONENTS order; None = defaults."""
+    return None if text is None else rewards.weights_from_list([float(w) for w in text.split(",")])
+
+
+def problem_rng(seed: int, pid: str, what: str) -> random.Random:
+    return random.Random(f"synthesize/{seed}/{what}/{pid}")  # str seeds hash stably across runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Chosen: a reference solution in our answer format, or a correct policy sample
+# ---------------------------------------------------------------------------------------------
+def reference_solution(problem: dict) -> str | None:
+    r"""The problem's worked solution with a final \boxed{}: GSM8K's `#### N` form is converted;
+    offline and MATH-style solutions already end in a box. None when there is none."""
+    solution = problem.get("solution")
+    if not solution:
+        return None
+    if last_boxed(solution) is None and "#### " in solution:
+        return gsm8k_solution_to_boxed(solution)
+    return solution if last_boxed(solution) is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Perturbed negatives: move the final number to a nearby value, in the box and where it is made
+# ---------------------------------------------------------------------------------------------
+_NUMBER = re.compile(r"(?<!\d)(?<!\d\.)-?\d+(?:\.\d+)?(?!\.?\d)")  # "= $38." -> 38; "3.5" whole
+
+
+def nearby_number(old: str, rng: random.Random) -> str:
+    """A plausible wrong value near `old` ("72" -> one of 62, 70, 71, 73, 74, 82, 144), same
+    number of decimals, never negative unless `old` is."""
+    decimals = len(old.split(".")[1]) if "." in old else 0
+    value, unit = float(old), 10.0 ** -decimals
+    options = {round(value + k * unit, decimals) for k in (-10, -2, -1, 1, 2, 10)} | {round(2 * value, decimals)}
+    options = sorted(o for o in options if o != value and (o >= 0 or value < 0))
+    return f"{rng.choice(options):.{decimals}f}"
+
+
+def perturb_solution(text: str, rng: random.Random) -> str | None:
+    r"""`text` with the last number of its last \boxed{} replaced by a nearby value, and the same
+    number's last mention in the box's line or the 2 lines above it (the step that produces the
+    answer, "48 + 24 = 72") replaced too, so the slip looks like an arithmetic error rather
+    than a typo in the box. None when the box holds no number."""
+    box = text.rfind(BOXED_COMMAND + "{")
+    content = last_boxed(text)
+    numbers = list(_NUMBER.finditer(content)) if box >= 0 and content else []
+    if not numbers:
+        return None
+    old, new = numbers[-1].group(), None
+    new = nearby_number(old, rng)
+    inner = text.index(content, box)  # where the (stripped) box content starts
+    text = text[:inner + numbers[-1].start()] + new + text[inner + numbers[-1].end():]
+    head = text[:box]
+    window = len(head) - len("\n".join(head.split("\n")[-3:]))  # box line + 2 lines above
+    hits = [m for m in _NUMBER.finditer(head) if m.group() == old and m.start() >= window]
+    if hits:
+        text = text[:hits[-1].start()] + new + text[hits[-1].end():]
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder: config guard, resume state, writing
+# ---------------------------------------------------------------------------------------------
+def template_hash() -> str:
+    """The prompts' fingerprint (data's template + PROMPTED_INSTRUCTION), kept in config.json."""
+    return hashlib.sha256(f"{prompt_template_hash()}\x00{PROMPTED_INSTRUCTION}".encode()).hexdigest()[:12]
+
+
+def check_resume(out: Path, cfg: Config) -> None:
+    """Refuse to add pairs to a folder made with another source, model, seed or prompt template."""
+    path = out / "config.json"
+    now = {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS}, "prompt_template": template_hash()}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diff = [f"{k}: {saved.get(k)!r} (saved) vs {v!r} (now)" for k, v in now.items() if saved.get(k) != v]
+        if diff:
+            raise DataError(f"{path}: this folder holds pairs made with another setup ({'; '.join(diff)}); "
+                            f"use another --output-dir or the same flags")
+    path.write_text(json.dumps({**asdict(cfg), "prompt_template": now["prompt_template"]}, indent=2) + "\n")
+
+
+def done_ids(out: Path) -> tuple[set[str], int]:
+    """Ids already finished (a problem is done when all its pairs, or its skip row, are written).
+    A problem whose pairs were cut by a kill is removed from pairs.jsonl and done again."""
+    pairs, skipped = out / "pairs.jsonl", out / "skipped.jsonl"
+    for path in (pairs, skipped, out / "samples.jsonl", out / "metrics.jsonl"):
+        repair_torn_tail(path)
+    rows = list(iter_jsonl_tolerant(pairs))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["id"]] = counts.get(r["id"], 0) + 1
+    partial = {i for i, r in ((r["id"], r) for r in rows) if counts[i] != r["num_pairs"]}
+    if partial:  # rewrite without them (temp file + rename: never a half-written pairs file)
+        tmp = pairs.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["id"] not in partial))
+        tmp.replace(pairs)
+    return set(counts) - partial | {r["id"] for r in iter_jsonl_tolerant(skipped)}, len(partial)
+
+
+def messages(cfg: Config, tokenizer, question: str, chosen: str, rejected: str) -> dict:
+    """The three fields TRL's DPOTrainer reads, in its conversational (or string) form."""
+    if cfg.pair_format == "string":
+        return {"prompt": format_prompt(tokenizer, question), "chosen": chosen, "rejected": rejected}
+    return {"prompt": prompt_messages(question),
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stats: the Figure 1 comparison, per source, from pairs files alone
+# ---------------------------------------------------------------------------------------------
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _text_of(field) -> str:
+    return field if isinstance(field, str) else field[-1]["content"]
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
+
+
+def source_stats(pairs: list[dict], skipped: list[dict]) -> dict:
+    both = [r for r in pairs if r["rm_raw_rejected"] is not None and r["rm_raw_chosen"] is not None]
+    reasons: dict[str, int] = {}
+    for r in skipped:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    with_pair = {r["id"] for r in pairs}
+    per_problem = list({r["id"]: (r["qualified"], r["candidates"]) for r in pairs}.values()) + \
+        [(r["verified_wrong"], r["candidates"]) for r in skipped]
+    candidates = sum(n for _, n in per_problem)
+    return {
+        "problems_tried": len(with_pair | {r["id"] for r in skipped}), "problems_with_pair": len(with_pair),
+        "pairs": len(pairs), "skipped": reasons,
+        "candidates": candidates,
+        "verified_wrong_rate": sum(q for q, _ in per_problem) / candidates if candidates else None,
+        "rm_raw_rejected": _mean(r["rm_raw_rejected"] for r in pairs),
+        "rm_raw_chosen": _mean(r["rm_raw_chosen"] for r in pairs),
+        "rejected_ge_chosen": _mean(float(r["rm_raw_rejected"] >= r["rm_raw_chosen"]) for r in both),
+        "judge_rejected": _mean(r["judge_rejected"] for r in pairs),
+        "judge_chosen": _mean(r["judge_chosen"] for r in pairs),
+        "tokens_chosen": _mean(r["chosen_tokens"] for r in pairs),
+        "tokens_rejected": _mean(r["rejected_tokens"] for r in pairs),
+        "similarity": _mean(similarity(_text_of(r["chosen"]), _text_of(r["rejected"])) for r in pairs),
+    }
+
+
+def collect_stats(pair_files: list[Path]) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """({source: stats}, {source: pair rows}) over pairs files; each file's skipped.jsonl (same
+    folder) counts its problems without a pair. Two files with one source are told apart by folder."""
+    stats, rows_by = {}, {}
+    for path in pair_files:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: pairs file not found")
+        pairs = list(iter_jsonl_tolerant(path))
+        skipped = list(iter_jsonl_tolerant(path.parent / "skipped.jsonl"))
+        for source in sorted({r["source"] for r in pairs + skipped}):
+            key = source if source not in stats else f"{source} ({path.parent.name})"
+            sel = [r for r in pairs if r["source"] == source]
+            stats[key] = source_stats(sel, [r for r in skipped if r["source"] == source])
+            rows_by[key] = sel
+    return stats, rows_by
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def stats_table(stats: dict[str, dict]) -> str:
+    cols = ["pairs/tried", "wrong/cand", "RM rejected", "RM chosen", "rej>=cho", "judge rej", "judge cho",
+            "tok cho", "tok rej", "similarity"]
+    lines = ["| source | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for source, s in stats.items():
+        vals = [f"{s['pairs']}/{s['problems_tried']}", s["verified_wrong_rate"], s["rm_raw_rejected"],
+                s["rm_raw_chosen"],
+                s["rejected_ge_chosen"], s["judge_rejected"], s["judge_chosen"], s["tokens_chosen"],
+                s["tokens_rejected"], s["similarity"]]
+        lines.append(f"| {source} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, pair_files: list[Path]) -> dict:
+    stats, rows_by = collect_stats(pair_files)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    table = stats_table(stats)
+    skips = "\n".join(f"- {src}: {', '.join(f'{k} {v}' for k, v in s['skipped'].items()) or 'none'}"
+                      for src, s in stats.items())
+    (out / "report.md").write_text(
+        f"# Preference pairs\n\nFiles: {', '.join(str(p) for p in pair_files)}\n\n{table}\n\n"
+        "wrong/cand = share of sampled candidates that were well-formed and verified wrong; "
+        "RM = reward-model raw (logit) score, mean over pairs; rej>=cho = share of pairs whose rejected "
+        "scores at least as high as its chosen (the paper's Fig. 1: plausible negative +3.34, correct "
+        "+3.21, rejection-sampled -3.13); tok = mean tokens; similarity = difflib word-sequence ratio "
+        f"of chosen and rejected.\n\nProblems skipped (reason: count):\n{skips}\n")
+    print(table)
+    plot_rm_scores(rows_by, out / "plots" / "rm_scores.png")
+    return stats
+
+
+def plot_rm_scores(rows_by: dict[str, list[dict]], target: Path) -> Path | None:
+    """One panel per source: histograms of the RM raw score of chosen and of rejected."""
+    rows_by = {s: r for s, r in rows_by.items() if any(x["rm_raw_rejected"] is not None for x in r)}
+    if not rows_by:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(rows_by), figsize=(4 * len(rows_by), 3.2), squeeze=False, sharex=True)
+    for ax, (source, rows) in zip(axes[0], rows_by.items()):
+        values = [[r[key] for r in rows if r[key] is not None] for key in ("rm_raw_chosen", "rm_raw_rejected")]
+        ax.hist(values, bins=20, label=["chosen", "rejected"])  # shared bins, bars side by side
+        ax.set_title(source)
+        ax.set_xlabel("reward model score (logit)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling (tests replace this one function with a test double)
+# ---------------------------------------------------------------------------------------------
+def sample_candidates(model, tokenizer, prompts: list[str], cfg: Config, seed: int) -> list[list[tuple[str, bool]]]:
+    """K completions per prompt string, grouped per prompt: [[(text, truncated), ...], ...]."""
+    from pns_mini.generation import sample
+    out = sample(model, tokenizer, prompts, num_samples=cfg.num_candidates, temperature=cfg.temperature,
+                 top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length, seed=seed)
+    groups = [[] for _ in prompts]
+    for text, truncated, i in zip(out.texts, out.truncated.tolist(), out.prompt_index):
+        groups[i].append((text, bool(truncated)))
+    return groups
+
+
+def prompted_prompt(tokenizer, question: str) -> str:
+    """The `prompted` baseline's request for a subtly wrong solution: the same system turn and
+    worked example as data.prompt_messages (so the answer format is shown alike), then the request."""
+    request = {"role": "user", "content": PROMPTED_INSTRUCTION.format(question=question.strip())}
+    if getattr(tokenizer, "chat_template", None):
+        messages = prompt_messages(question)[:-1] + [request]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{SYSTEM_PROMPT}\n\n{request['content']}\nSolution: "
+
+
+def main(cfg: Config) -> dict:
+    out = Path(cfg.output_dir)
+    if cfg.stats_only:
+        return write_report(out, [Path(p.strip()) for p in cfg.stats_only.split(",") if p.strip()])
+    from pns_mini.modeling import load_model_and_tokenizer, reference_model, resolve_model_path
+    from pns_mini.scorers import build_scorers
+
+    problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)
+    out.mkdir(parents=True, exist_ok=True)
+    check_resume(out, cfg)
+    done, redone = done_ids(out)
+    (out / "pairs.jsonl").touch()  # exists from the start, so --stats-only works on a run in progress
+    todo = [p for p in problems if p["id"] not in done]
+    print(f"{len(problems)} problems, {len(problems) - len(todo)} already done"
+          + (f" ({redone} cut by an interrupt are done again)" if redone else ""), file=sys.stderr)
+    weights = parse_weights(cfg.reward_weights)
+    K = cfg.num_candidates
+
+    # --- models: the generator (pns) and the policy; one copy of the base when the generator
+    # is an adapter on --model (the policy is then the generator with its adapter disabled)
+    def load(name):
+        return load_model_and_tokenizer(name, load_in_4bit=cfg.load_in_4bit, device=cfg.device, dtype=cfg.dtype)
+
+    generator = gen_tok = None
+    shares_base = False
+    if cfg.negative_source == "pns":
+        generator, gen_tok = load(cfg.generator)
+        gen_base, gen_adapter = resolve_model_path(cfg.generator)
+        shares_base = gen_adapter is not None and gen_base == resolve_model_path(cfg.model)[0]
+    policy, tok = (generator, gen_tok) if shares_base else load(cfg.model)
+    as_policy = (lambda: reference_model(policy)) if shares_base else contextlib.nullcontext
+    rm_scorer, judge_scorer = build_scorers(policy, tok, reward_model=cfg.reward_model, judge_model=cfg.judge_model,
+                                            base_model_name=cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                            load_in_4bit=cfg.load_in_4bit)
+
+    def plausibility(questions: list[str], texts: list[str]) -> tuple[list, list, list]:
+        """(rm in [0,1], rm raw logit, judge in [0,1]) per text. The RM's normalised score is
+        sigmoid(raw) = (1 + tanh(raw / 2)) / 2 (scorers.RewardModelScorer): one forward pass gives both."""
+        if not texts:
+            return [], [], []
+        raw = rm_scorer.raw(questions, texts)
+        return [0.5 * (1.0 + math.tanh(r / 2)) for r in raw], raw, judge_scorer(questions, texts)
+
+    n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    totals = {"pairs": 0, "skipped": 0, "candidates": 0, "well_formed": 0, "verified_wrong": 0}
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem", dynamic_ncols=True,
+               desc=f"synthesize {cfg.negative_source}")
+    for b, start in enumerate(range(0, len(todo), cfg.batch_size)):
+        t0 = time.time()
+        batch = todo[start:start + cfg.batch_size]
+        seed = int(hashlib.sha256(f"{cfg.seed}/{batch[0]['id']}".encode()).hexdigest()[:8], 16)
+        why: dict[str, str] = {}  # id -> reason the problem gives no pair
+
+        # ===== chosen: verified-correct reference solution or policy sample =====================
+        chosen: dict[str, str] = {}
+        policy_groups = None
+        if cfg.chosen_source == "policy" or cfg.negative_source == "rejection":
+            with as_policy():
+                prompts = [format_prompt(tok, p["question"]) for p in batch]
+                policy_groups = sample_candidates(policy, tok, prompts, cfg, seed)
+        for i, p in enumerate(batch):
+            if cfg.chosen_source == "gold":
+                text = reference_solution(p)
+                if text is None:
+                    why[p["id"]] = "no_reference_solution"
+                elif not rewards.format_check(text, False)[0]:
+                    why[p["id"]] = "reference_malformed"
+                elif not grading.is_correct(text, p["gold"]):
+                    why[p["id"]] = "reference_fails_checker"
+                else:
+                    chosen[p["id"]] = text
+            else:
+                text = next((t for t, tr in policy_groups[i]
+                             if rewards.format_check(t, tr)[0] and grading.is_correct(t, p["gold"])), None)
+                if text is None:
+                    why[p["id"]] = "no_correct_policy_sample"
+                else:
+                    chosen[p["id"]] = text
+        live = [i for i, p in enumerate(batch) if p["id"] in chosen]
+
+        # ===== rollout: K candidate negatives per problem ========================================
+        groups: dict[int, list[tuple[str, bool]]] = {}
+        if cfg.negative_source == "rejection":
+            groups = {i: policy_groups[i] for i in live}
+        elif cfg.negative_source == "pns" and live:
+            prompts = [format_prompt(gen_tok, batch[i]["question"]) for i in live]
+            sampled = sample_candidates(generator, gen_tok, prompts, cfg, seed)
+            groups = dict(zip(live, sampled))
+        elif cfg.negative_source == "prompted" and live:
+            with as_policy():
+                prompts = [prompted_prompt(tok, batch[i]["question"]) for i in live]
+                sampled = sample_candidates(policy, tok, prompts, cfg, seed)
+            groups = dict(zip(live, sampled))
+        elif cfg.negative_source == "perturbed":
+            for i in live:
+                rng = problem_rng(cfg.seed, batch[i]["id"], "perturb")
+                texts = [perturb_solution(chosen[batch[i]["id"]], rng) for _ in range(K)]
+                groups[i] = [(t, False) for t in dict.fromkeys(texts) if t is not None]  # distinct, in order
+
+        # ===== filter: well-formed and verified wrong ==========================================
+        kept: dict[int, list[int]] = {}
+        qualified: dict[int, int] = {}
+        checks: dict[int, list[dict]] = {}
+        for i, group in groups.items():
+            checks[i] = []
+            for text, truncated in group:
+                ok, reason = rewards.format_check(text, truncated)
+                wrong = ok and grading.is_confidently_wrong(text, batch[i]["gold"])
+                checks[i].append({"text": text, "truncated": truncated, "well_formed": ok,
+                                  "format_reason": reason, "verified_wrong": wrong})
+            kept[i] = [j for j, c in enumerate(checks[i]) if c["verified_wrong"]]
+            qualified[i] = len(kept[i])
+            if not kept[i]:
+                why[batch[i]["id"]] = "no_wellformed_wrong_candidate" if group else "no_number_to_perturb"
+            elif cfg.negative_source in ("rejection", "perturbed"):
+                # a uniformly random wrong sample, as the paper's baseline; not ranked by the scorers
+                rng = problem_rng(cfg.seed, batch[i]["id"], "pick")
+                kept[i] = rng.sample(kept[i], min(cfg.pairs_per_problem, len(kept[i])))
+
+        # ===== score plausibility (reward model + judge) and rank ===============================
+        flat = [(i, j) for i in kept for j in kept[i]]
+        live = [i for i in live if kept.get(i)]
+        questions = [batch[i]["question"] for i, _ in flat] + [batch[i]["question"] for i in live]
+        texts = [checks[i][j]["text"] for i, j in flat] + [chosen[batch[i]["id"]] for i in live]
+        rm, raw, judge = plausibility(questions, texts)
+        parts = rewards.score_completions(texts[:len(flat)], [batch[i]["gold"] for i, _ in flat],
+                                          [checks[i][j]["truncated"] for i, j in flat], rm[:len(flat)],
+                                          judge[:len(flat)], weights=weights)
+        for k, (i, j) in enumerate(flat):
+            checks[i][j].update(parts[k], rm_raw=raw[k])
+        chosen_scores = {i: {"rm_raw": raw[len(flat) + n], "judge": judge[len(flat) + n]} for n, i in enumerate(live)}
+
+        # ===== write: samples log, then pairs or the skip reason, per problem ===================
+        for i, p in enumerate(batch):
+            append_jsonl(out / "samples.jsonl", {"id": p["id"], "source": cfg.negative_source, "gold": p["gold"],
+                                                 "chosen": chosen.get(p["id"]), "candidates": checks.get(i, [])})
+            if p["id"] in why:
+                group = checks.get(i, [])
+                append_jsonl(out / "skipped.jsonl", {
+                    "id": p["id"], "source": cfg.negative_source, "reason": why[p["id"]], "gold": p["gold"],
+                    "candidates": len(group), "well_formed": sum(c["well_formed"] for c in group),
+                    "verified_wrong": sum(c["verified_wrong"] for c in group)})
+                totals["skipped"] += 1
+                continue
+            ranked = sorted(kept[i], key=lambda j: -(checks[i][j]["total"] or 0.0)) \
+                if cfg.negative_source in ("pns", "prompted") else kept[i]
+            ranked = ranked[:cfg.pairs_per_problem]
+            for rank, j in enumerate(ranked):
+                c, text = checks[i][j], chosen[p["id"]]
+                append_jsonl(out / "pairs.jsonl", {
+                    "id": p["id"], **messages(cfg, tok, p["question"], text, c["text"]),
+                    "gold": p["gold"], "chosen_answer": grading.extract_answer(text), "rejected_answer": c["answer"],
+                    **{f"rejected_{k}": c[k] for k in (*rewards.COMPONENTS, "total")},
+                    "rm_raw_chosen": chosen_scores[i]["rm_raw"], "rm_raw_rejected": c["rm_raw"],
+                    "judge_chosen": chosen_scores[i]["judge"], "judge_rejected": c["judge"],
+                    "chosen_tokens": n_tokens(text), "rejected_tokens": n_tokens(c["text"]),
+                    "rank": rank, "num_pairs": len(ranked), "candidates": len(checks[i]), "qualified": qualified[i],
+                    "source": cfg.negative_source, "chosen_source": cfg.chosen_source, "generator": cfg.generator,
+                    "model": cfg.model, "seed": cfg.seed})
+                totals["pairs"] += 1
+
+        totals["candidates"] += sum(len(g) for g in checks.values())
+        totals["well_formed"] += sum(c["well_formed"] for g in checks.values() for c in g)
+        totals["verified_wrong"] += sum(c["verified_wrong"] for g in checks.values() for c in g)
+        append_jsonl(out / "metrics.jsonl", {"batch": b, "problems": len(batch), **totals,  # running totals
+                                             "seconds": round(time.time() - t0, 2)})
+        bar.update(len(batch))
+        bar.set_postfix(pairs=totals["pairs"], skipped=totals["skipped"],
+                        wrong=f"{totals['verified_wrong']}/{totals['candidates']}")
+    bar.close()
+    return write_report(out, [out / "pairs.jsonl"])
+
+
+if __name__ == "__main__":
+    main_guard(main, Config, __doc__)
