@@ -65,6 +65,7 @@ from tqdm import tqdm
 from pns_mini import data, runs
 from pns_mini.config import main_guard, save_config
 from pns_mini.data import DataError
+from pns_mini.generation import left_pad
 from pns_mini.losses import reward_model_loss
 from pns_mini.modeling import (load_model_and_tokenizer, resolve_device, save_atomic, sequence_scores,
                                trainable_parameters)
@@ -239,19 +240,9 @@ def encode(tokenizer, prompt, completion) -> list[int]:
     return tokenizer(text)["input_ids"]
 
 
-def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask  # (B, L), (B, L)
-
-
 def score_rows(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
     """(B,) scores of token rows in one forward: left padding + position ids skipping it."""
-    ids, mask = pad_left(rows, pad_id)
+    ids, mask = left_pad(rows, pad_id)
     device = next(model.parameters()).device
     return sequence_scores(model, ids.to(device), mask.to(device))  # (B,) fp32
 

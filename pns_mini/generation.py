@@ -63,13 +63,15 @@ def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -
     return mask, ~has_eos
 
 
-def _left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(r.shape[-1] for r in rows)
+def left_pad(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows (lists or 1-D tensors) -> (ids (B, L), mask (B, L)), padded on the LEFT, so
+    every row ends at the last column (where the next token or a score is read)."""
+    width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - r.shape[-1]:] = r
-        mask[i, width - r.shape[-1]:] = 1
+        ids[i, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
     return ids, mask
 
 
@@ -104,7 +106,7 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temper
     try:
         for start in range(0, len(prompt_index), batch_size):
             rows = [encoded[i] for i in prompt_index[start:start + batch_size]]
-            ids, mask = _left_pad(rows, pad_id)
+            ids, mask = left_pad(rows, pad_id)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  generation_config=gen_config)
             completions.extend(out[:, ids.shape[1]:].cpu())  # each (T_batch,)
@@ -118,7 +120,7 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temper
     completion_mask, truncated = completion_mask_from_eos(completion_ids, eos)
     # A batch that stopped early leaves rows shorter than T padded with pad; those rows had an
     # EOS (that is why the batch stopped), so padding never lands inside a mask.
-    prompt_ids, prompt_mask = _left_pad([encoded[i] for i in prompt_index], pad_id)
+    prompt_ids, prompt_mask = left_pad([encoded[i] for i in prompt_index], pad_id)
     texts = tokenizer.batch_decode([c[m.bool()] for c, m in zip(completion_ids, completion_mask)],
                                    skip_special_tokens=True)
     return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, texts, prompt_index)

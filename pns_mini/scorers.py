@@ -47,6 +47,7 @@ import math
 import torch
 
 from pns_mini.data import SYSTEM_PROMPT, prompt_text
+from pns_mini.generation import left_pad
 from pns_mini.modeling import (ModelLoadError, load_model_and_tokenizer, position_ids_from_mask, reference_model,
                                resolve_model_path, sequence_scores)
 
@@ -175,16 +176,6 @@ def single_token_ids(tokenizer, variants: tuple[str, ...]) -> list[int]:
     return ids
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask  # (B, L), (B, L)
-
-
 @contextlib.contextmanager
 def _inference(model, use_reference: bool):
     """no_grad + eval mode (+ adapter disabled), restoring the training mode afterwards."""
@@ -220,7 +211,7 @@ class _BatchedScorer:
         with _inference(self.model, self.use_reference):
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                ids, mask = _left_pad([rows[i] for i in chunk], self.pad_id)
+                ids, mask = left_pad([rows[i] for i in chunk], self.pad_id)
                 values = self._forward(ids.to(device), mask.to(device)).float().cpu()  # (B, ...)
                 for j, i in enumerate(chunk):
                     out[i] = values[j]

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 import train_reward_model as trm
 from pns_mini import data, runs
 from pns_mini.data import DataError
+from pns_mini.generation import left_pad
 from pns_mini.modeling import load_model_and_tokenizer, position_ids_from_mask
 
 TIMING = ("step_time_s",)
@@ -199,7 +200,7 @@ def offset_model_dir(tmp_path_factory, tiny_model_dir, pairs_file):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     rows = [trm.encode(tok, p["prompt"], p[side]) for p in trm.load_pairs(pairs_file) for side in ("chosen", "rejected")]
-    ids, mask = trm.pad_left(rows, tok.pad_token_id)
+    ids, mask = left_pad(rows, tok.pad_token_id)
     with torch.no_grad():
         h = model.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state
         mean_h = h[:, -1].mean(0)  # (H,) mean hidden state at the scored (last) token
