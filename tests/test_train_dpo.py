@@ -108,7 +108,9 @@ def test_two_step_smoke_run_writes_outputs_and_moves_lora(tmp_path, tiny_model_d
     # the prompt the model saw is the chat prompt evaluate.py builds, the answer instruction once
     sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert sample["prompt"].startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>")
-    n_user_turns = sum(m["role"] == "user" for m in prompt_messages("x"))  # the worked example + the question
+    # a string prompt is built with our template (worked example + question: two instructions);
+    # a conversational prompt is used as written (here one user turn)
+    n_user_turns = sum(m["role"] == "user" for m in prompt_messages("x")) if form == "string" else 1
     assert sample["prompt"].count(ANSWER_INSTRUCTION) == n_user_turns and sample["prompt"].endswith("<|im_start|>assistant\n")
     assert sample["chosen"].endswith("}<|im_end|>") and sample["chosen"].count("<|im_end|>") == 1
     report = (out / "report.md").read_text()

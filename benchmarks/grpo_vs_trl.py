@@ -1,0 +1,194 @@
+"""One GRPO training step: train_generator.py's loop vs TRL 1.16's GRPOTrainer, same settings.
+
+Both sides: the same model folder, 2 prompts x 4 samples (num_generations), max_completion_length
+64, temperature 1, top_p 1, top_k off, LoRA r16 / alpha 32 / dropout 0 on the same 7 projections
+(modeling.LORA_TARGETS), beta 0.04 (so both run a reference pass, the adapter turned off),
+loss_type dapo, one micro-batch of 8 rows, num_iterations 1, AdamW, fp32 on CPU, gradient
+checkpointing as chosen (on by default: both tools' default), and the same reward: our gated
+composite on the torch-free components only (format + accuracy; reward-model and judge weights
+0), i.e. train_generator.py's `--reward-weights format=0.5,accuracy=1,reward_model=0,judge=0` and,
+for TRL, `rewards.trl_reward_functions(..., composite=True)` with the same weights, so scorer
+costs do not dominate. Problems: the offline generator (both sides draw from the same 200).
+
+Timing: ours = `time/step` (and time/generate, time/score, time/update) from the metrics.jsonl
+rows train_generator.main() writes with --max-steps; TRL = a TrainerCallback around each
+optimizer step. Inside the step, on both sides, the log-prob function is wrapped to split the
+update: `ref_fwd` (no-grad passes: the reference) and `policy_fwd` (the forward that carries the
+gradient); `backward+opt` is the rest of the update (backward, clipping, AdamW, and on TRL's side
+its bookkeeping between phases). The first step of each run is a warm-up and is not counted
+when --steps > 1. Each side runs in a fresh process, alternating (benchmarks/_common.py, which
+also says how memory is measured). Sampling is random, so the completion lengths of the two
+sides differ from step to step: the table prints them next to the times.
+
+    python benchmarks/grpo_vs_trl.py                       # embedded SmolLM2-135M, 2 repeats x 2 steps
+    python benchmarks/grpo_vs_trl.py --tiny --repeats 3    # the tiny random Llama: plumbing overheads
+    python benchmarks/grpo_vs_trl.py --repeats 1 --steps 2 --no-gradient-checkpointing
+
+Where the difference comes from: see RESULTS at the end of this docstring (measured, not guessed).
+
+RESULTS (2-core shared CPU, load average ~10, so +-20% noise; filled in from a real run)
+    see the report of the engineer who ran it; the table this script prints is the source.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (MemoryProbe, PhaseTimer, alternate, emit, median_over, memory_rows,  # noqa: E402
+                     model_path, print_table, time_rows)
+
+REWARD_WEIGHTS = {"format": 0.5, "accuracy": 1.0, "reward_model": 0.0, "judge": 0.0}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m", help="alias, folder or Hub id (default: the embedded model)")
+    p.add_argument("--tiny", action="store_true", help="use the tiny random 2-layer Llama instead of --model")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each side, alternated (default 2)")
+    p.add_argument("--steps", type=int, default=2, help="training steps per run; the first is a warm-up (default 2)")
+    p.add_argument("--prompts", type=int, default=2, help="prompts per step (default 2)")
+    p.add_argument("--num-generations", type=int, default=4)
+    p.add_argument("--max-completion-length", type=int, default=64)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--beta", type=float, default=0.04)
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per worker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def is_grad_phase(*_):
+    import torch
+    return "policy_fwd" if torch.is_grad_enabled() else "ref_fwd"
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: ours (train_generator.main, unchanged; its module globals wrapped for timing)
+# ---------------------------------------------------------------------------------------------
+def worker_ours(a) -> dict:
+    import torch
+    torch.set_num_threads(a.threads)
+    import train_generator as tg
+
+    probe, timer, memory = MemoryProbe(), PhaseTimer(), {}
+    sample, save_checkpoint = tg.sample, tg.save_checkpoint
+    timed_sample = timer.wrap(sample, lambda *_: "generate")
+
+    def step_begins_with_sampling(*args, **kwargs):  # the rollout is the first thing a step does
+        probe.start()
+        timer.begin_step()
+        return timed_sample(*args, **kwargs)
+
+    def stop_then_save(*args, **kwargs):  # save_steps is huge: only the final checkpoint, after the last step
+        timer.end_step()
+        memory.update(probe.stop())
+        return save_checkpoint(*args, **kwargs)
+
+    tg.sample, tg.save_checkpoint = step_begins_with_sampling, stop_then_save
+    tg.rewards.score_completions = timer.wrap(tg.rewards.score_completions, lambda *_: "score")
+    tg.token_logprobs = timer.wrap(tg.token_logprobs, is_grad_phase)  # also what no_grad_logps calls
+    with tempfile.TemporaryDirectory() as out:
+        cfg = tg.Config(
+            model=model_path(a.model, a.tiny), output_dir=out, problems="offline", seed=a.seed, max_steps=a.steps,
+            prompts_per_step=a.prompts, num_generations=a.num_generations,
+            max_completion_length=a.max_completion_length, temperature=1.0, top_p=1.0,
+            reward_weights=",".join(f"{k}={v}" for k, v in REWARD_WEIGHTS.items()), beta=a.beta, loss_type="dapo",
+            per_device_train_batch_size=a.prompts * a.num_generations, warmup_steps=0, lr_scheduler_type="constant",
+            gradient_checkpointing=a.gradient_checkpointing, load_in_4bit=False, lora_r=a.lora_r,
+            lora_alpha=2 * a.lora_r, lora_dropout=0.0, device="cpu", dtype="fp32", save_steps=10**6,
+            log_samples_steps=10**6)
+        rows = tg.main(cfg)["metrics"]
+    return {**timer.result(), "metrics_step_s": [r["time/step"] for r in rows],
+            "tokens": [r["length/mean"] for r in rows], **memory}
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: TRL's GRPOTrainer with the same settings and reward
+# ---------------------------------------------------------------------------------------------
+def worker_trl(a) -> dict:
+    import torch
+    torch.set_num_threads(a.threads)
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from pns_mini import rewards
+    from pns_mini.data import SYSTEM_PROMPT, load_problems, prompt_text
+    from pns_mini.modeling import LORA_TARGETS
+
+    path = model_path(a.model, a.tiny)
+    probe, timer, memory = MemoryProbe(), PhaseTimer(), {}
+
+    class StepClock(TrainerCallback):  # around each optimizer step (generation happens inside it)
+        def on_step_begin(self, args, state, control, **kw):
+            probe.start()
+            timer.begin_step()
+
+        def on_step_end(self, args, state, control, **kw):
+            timer.end_step()
+            if len(timer.steps) == a.steps:
+                memory.update(probe.stop())
+
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt_text(p["question"])}],
+         "question": p["question"], "gold": p["gold"]} for p in load_problems("offline")])
+    [composite], _ = rewards.trl_reward_functions(weights=REWARD_WEIGHTS, composite=True)
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=False, report_to=[], disable_tqdm=True, save_strategy="no",
+            logging_steps=1, max_steps=a.steps, seed=a.seed, model_init_kwargs={"dtype": torch.float32},
+            per_device_train_batch_size=a.prompts * a.num_generations, gradient_accumulation_steps=1,
+            num_generations=a.num_generations, max_completion_length=a.max_completion_length, temperature=1.0,
+            top_p=1.0, top_k=0, beta=a.beta, loss_type="dapo", num_iterations=1, scale_rewards="group",
+            learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+            gradient_checkpointing=a.gradient_checkpointing, reward_weights=[1.0], dataloader_num_workers=0)
+        trainer = GRPOTrainer(
+            model=path, reward_funcs=[composite], args=args, train_dataset=dataset,
+            processing_class=AutoTokenizer.from_pretrained(path), callbacks=[StepClock()],
+            peft_config=LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
+                                   target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+        trainer._generate = timer.wrap(trainer._generate, lambda *_: "generate")
+        trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, lambda *_: "score")
+        trainer._get_per_token_logps_and_entropies = timer.wrap(trainer._get_per_token_logps_and_entropies,
+                                                                is_grad_phase)
+        trainer.train()
+    logs = [row for row in trainer.state.log_history if "completions/mean_length" in row]
+    return {**timer.result(), "tokens": [row["completions/mean_length"] for row in logs], **memory}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: alternate the workers, print the table
+# ---------------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    if a.worker:
+        emit((worker_ours if a.worker == "ours" else worker_trl)(a))
+        return
+    model = "tiny random Llama (2 layers)" if a.tiny else a.model
+    model_path(a.model, a.tiny)  # convert / build once, outside the timed workers
+    print(f"GRPO step: {model}, {a.prompts} prompts x {a.num_generations} samples x <= {a.max_completion_length} "
+          f"tokens, LoRA r{a.lora_r}, beta {a.beta}, dapo, gradient checkpointing "
+          f"{'on' if a.gradient_checkpointing else 'off'}, {a.threads} threads, {a.repeats} repeats x {a.steps} steps")
+    argv = [f"--model={a.model}", f"--repeats={a.repeats}", f"--steps={a.steps}", f"--prompts={a.prompts}",
+            f"--num-generations={a.num_generations}", f"--max-completion-length={a.max_completion_length}",
+            f"--lora-r={a.lora_r}", f"--beta={a.beta}", f"--threads={a.threads}", f"--seed={a.seed}",
+            "--gradient-checkpointing" if a.gradient_checkpointing else "--no-gradient-checkpointing"]
+    if a.tiny:
+        argv.append("--tiny")
+    res = alternate(str(Path(__file__).resolve()), argv, a.repeats)
+    ours, trl = res["ours"], res["trl"]
+    rows = time_rows(ours, trl, ("generate", "score", "ref_fwd", "policy_fwd"))
+    rows.append(("completion length, tokens", median_over(ours, "tokens"), median_over(trl, "tokens")))
+    rows += memory_rows(ours, trl)
+    print_table("medians over repeats and steps (the first step of each run is not counted)", rows,
+                "step working memory = sampled peak RSS during the steps - RSS when the first step began")
+
+
+if __name__ == "__main__":
+    main()
