@@ -33,7 +33,10 @@ demo: setup
 	  --num-candidates 4 --max-completion-length 160 --output-dir $(DEMO)/pairs-pns
 	$(PY) synthesize.py --negative-source rejection --problems offline --limit 12 \
 	  --num-candidates 4 --max-completion-length 160 --output-dir $(DEMO)/pairs-rejection
-	test -f $(DEMO)/dpo/final/adapter_config.json || $(PY) train_dpo.py --pairs $(DEMO)/pairs-pns/pairs.jsonl \
+	@# DPO on the PNS pairs; if the 4-step generator made none (a 135M model may not), say so and use the baseline's
+	test -s $(DEMO)/pairs-pns/pairs.jsonl || echo "no PNS pairs: DPO uses the rejection-sampling pairs"
+	test -f $(DEMO)/dpo/final/adapter_config.json || $(PY) train_dpo.py \
+	  --pairs $$(test -s $(DEMO)/pairs-pns/pairs.jsonl && echo $(DEMO)/pairs-pns || echo $(DEMO)/pairs-rejection)/pairs.jsonl \
 	  --output-dir $(DEMO)/dpo --max-steps 4 --per-device-train-batch-size 2 --gradient-accumulation-steps 1 \
 	  --warmup-steps 0 --learning-rate 5e-5 --save-steps 2 $(call RESUME_IF,$(DEMO)/dpo)
 	$(PY) evaluate.py --model smollm2-135m --benchmarks offline --limit 24 --max-completion-length 160 \
