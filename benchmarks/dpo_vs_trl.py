@@ -9,13 +9,15 @@ both tools' default). The pairs are close, as PNS pairs are: the rejected comple
 chosen one with its final number changed; the completions are offline worked solutions padded
 with a check paragraph to fill the length budget.
 
-Timing: ours = `seconds_per_step` from the metrics.jsonl rows train_dpo.main() writes with
---max-steps; TRL = a TrainerCallback around each optimizer step. Inside the step the log-prob
-forward is split: `ref_fwd` (no-grad: the reference) and `policy_fwd` (with gradient): ours by
-wrapping train_dpo.sequence_logps, TRL's by forward hooks on its (peft) model. `backward+opt` is
-the rest (backward, clipping, AdamW, collation, logging). Each side runs in a fresh process,
-alternating; the first step of each run is a warm-up, not counted (benchmarks/_common.py also
-says how memory is measured).
+Timing, wall and CPU seconds (benchmarks/_common.py PhaseTimer): ours = from the `collate` call
+that opens a step (one micro-batch per step) to the next one (the last step ends at the final
+checkpoint), inside train_dpo.main() run unchanged with --max-steps (its module globals
+`collate`, `sequence_logps` and `save_checkpoint` are wrapped; metrics.jsonl's
+`seconds_per_step` is kept alongside); TRL = a TrainerCallback around each optimizer step, with
+its (peft) model's forward wrapped. Phases: `ref_fwd` (the no-grad forward: the reference),
+`policy_fwd` (the forward with gradient), `backward+opt` = the rest (backward, clipping, AdamW,
+collation, logging). The first step of each run is a warm-up, not counted. Each side runs in a
+fresh process, alternating (benchmarks/_common.py also says how memory is measured).
 
     python benchmarks/dpo_vs_trl.py                        # embedded SmolLM2-135M, 2 repeats x 3 steps
     python benchmarks/dpo_vs_trl.py --tiny --repeats 3

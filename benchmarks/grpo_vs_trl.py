@@ -10,24 +10,57 @@ composite on the torch-free components only (format + accuracy; reward-model and
 for TRL, `rewards.trl_reward_functions(..., composite=True)` with the same weights, so scorer
 costs do not dominate. Problems: the offline generator (both sides draw from the same 200).
 
-Timing: ours = `time/step` (and time/generate, time/score, time/update) from the metrics.jsonl
-rows train_generator.main() writes with --max-steps; TRL = a TrainerCallback around each
-optimizer step. Inside the step, on both sides, the log-prob function is wrapped to split the
-update: `ref_fwd` (no-grad passes: the reference) and `policy_fwd` (the forward that carries the
-gradient); `backward+opt` is the rest of the update (backward, clipping, AdamW, and on TRL's side
-its bookkeeping between phases). The first step of each run is a warm-up and is not counted
-when --steps > 1. Each side runs in a fresh process, alternating (benchmarks/_common.py, which
-also says how memory is measured). Sampling is random, so the completion lengths of the two
-sides differ from step to step: the table prints them next to the times.
+Timing, wall and CPU seconds (benchmarks/_common.py PhaseTimer): ours = from the rollout call
+that opens a step to the next one (the last step ends at the final checkpoint), inside
+train_generator.main() run unchanged with --max-steps (its module globals `sample`,
+`rewards.score_completions`, `token_logprobs` and `save_checkpoint` are wrapped; the
+metrics.jsonl `time/step` is kept alongside); TRL = a TrainerCallback around each optimizer step,
+with its `_generate`, `_calculate_rewards` and `_get_per_token_logps_and_entropies` wrapped. The
+phases: `generate` (sampling), `score` (the reward), `ref_fwd` (no-grad log-prob passes: the
+reference), `policy_fwd` (the forward that carries the gradient), `backward+opt` = the rest
+(backward, clipping, AdamW, logging and each side's bookkeeping). The first step of each run is
+a warm-up, not counted. Each side runs in a fresh process, alternating (benchmarks/_common.py
+also says how memory is measured). Sampling is random, so completion lengths differ between the
+sides: the table prints them (and the prompt lengths) next to the times.
 
     python benchmarks/grpo_vs_trl.py                       # embedded SmolLM2-135M, 2 repeats x 2 steps
     python benchmarks/grpo_vs_trl.py --tiny --repeats 3    # the tiny random Llama: plumbing overheads
     python benchmarks/grpo_vs_trl.py --repeats 1 --steps 2 --no-gradient-checkpointing
 
-Where the difference comes from: see RESULTS at the end of this docstring (measured, not guessed).
+Measured on this 2-core CPU (load average ~1, `--repeats 2 --steps 2`, SmolLM2-135M, gradient
+checkpointing on; medians of wall s, CPU s in brackets):
 
-RESULTS (2-core shared CPU, load average ~10, so +-20% noise; filled in from a real run)
-    see the report of the engineer who ran it; the table this script prints is the source.
+                        ours          TRL           ours/TRL
+    step                36.5 (71.1)   43.9 (84.9)   0.83x (0.84x)
+      generate          18.2 (35.2)   17.7 (34.2)   1.03x  same HF generate, KV cache, top_k off
+      ref_fwd            4.2 (8.1)     5.1 (10.0)   0.82x
+      policy_fwd         4.6 (9.1)     6.4 (12.4)   0.73x
+      backward+opt       9.5 (18.6)   14.7 (28.3)   0.66x
+    step working memory  2760 MB       4401 MB      0.63x
+    process peak RSS     3213 MB       4977 MB      0.65x
+(prompt 184.5 tokens on both sides: the one-shot data.prompt_messages; completions 64 vs 62.)
+Under heavy machine load (load average ~10) an earlier run gave 0.97x in time: wall time then
+mostly measures waiting for a core.
+
+Where the difference comes from (measured, not guessed):
+- Sampling is half of the step and the same on both sides (both call transformers' generate
+  with a KV cache on the same prompts), so the whole-step gain is bounded by the update phase.
+- The log-prob forwards: TRL 1.16's fused LM head (trl/trainer/utils.py add_fused_lm_head)
+  projects EVERY position through the LM head on CPU (its compact path needs Triton on
+  CUDA/XPU) and also computes the per-token entropy; we ask for the last T+1 logits only
+  (`logits_to_keep`) and log-softmax one row at a time. For these 8 rows of 184 + 64 tokens a
+  no-grad forward measured (same process, same weights): transformer body 4.3 s; our LM head
+  +0.3 s; TRL's +1.9 s. That is 8 x 247 positions x 49152 vocabulary through the head instead
+  of 8 x 65 (2 d V = 57 MFLOP per position, +82 GFLOP on ~420 GFLOP of body) plus the extra
+  full-vocabulary passes for entropy and log-softmax.
+- backward+opt: the same head difference in the backward (TRL's chunked log-prob backward
+  covers all positions), on top of the recompute of gradient checkpointing that both do.
+- Memory: TRL's fused head materialises the logits of all positions in one chunk (its chunk
+  is 32768 positions: here all 1976 at once, 1976 x 49152 fp32 = 388 MB per tensor, several
+  alive in backward); ours holds 8 x 65 positions and one fp32 row at a time.
+- Not a difference: the reference pass (both: adapter off, no grad, once per step), the reward
+  (the same function), padding (both left-pad prompts; TRL passes no position ids, which RoPE
+  makes equivalent, see tests/test_trl_parity.py).
 """
 from __future__ import annotations
 
@@ -79,10 +112,14 @@ def worker_ours(a) -> dict:
     sample, save_checkpoint = tg.sample, tg.save_checkpoint
     timed_sample = timer.wrap(sample, lambda *_: "generate")
 
+    prompt_tokens = []
+
     def step_begins_with_sampling(*args, **kwargs):  # the rollout is the first thing a step does
         probe.start()
         timer.begin_step()
-        return timed_sample(*args, **kwargs)
+        out = timed_sample(*args, **kwargs)
+        prompt_tokens.append(out.prompt_mask.sum(-1).float().mean().item())
+        return out
 
     def stop_then_save(*args, **kwargs):  # save_steps is huge: only the final checkpoint, after the last step
         timer.end_step()
@@ -104,7 +141,7 @@ def worker_ours(a) -> dict:
             log_samples_steps=10**6)
         rows = tg.main(cfg)["metrics"]
     return {**timer.result(), "metrics_step_s": [r["time/step"] for r in rows],
-            "tokens": [r["length/mean"] for r in rows], **memory}
+            "tokens": [r["length/mean"] for r in rows], "prompt_tokens": prompt_tokens, **memory}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +156,7 @@ def worker_trl(a) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from pns_mini import rewards
-    from pns_mini.data import SYSTEM_PROMPT, load_problems, prompt_text
+    from pns_mini.data import load_problems, prompt_messages
     from pns_mini.modeling import LORA_TARGETS
 
     path = model_path(a.model, a.tiny)
@@ -136,8 +173,8 @@ def worker_trl(a) -> dict:
                 memory.update(probe.stop())
 
     dataset = Dataset.from_list([
-        {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt_text(p["question"])}],
-         "question": p["question"], "gold": p["gold"]} for p in load_problems("offline")])
+        {"prompt": prompt_messages(p["question"]), "question": p["question"], "gold": p["gold"]}
+        for p in load_problems("offline")])  # the messages data.format_prompt templates: the same prompt
     [composite], _ = rewards.trl_reward_functions(weights=REWARD_WEIGHTS, composite=True)
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
@@ -153,13 +190,20 @@ def worker_trl(a) -> dict:
             processing_class=AutoTokenizer.from_pretrained(path), callbacks=[StepClock()],
             peft_config=LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
                                    target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
-        trainer._generate = timer.wrap(trainer._generate, lambda *_: "generate")
+        prompt_tokens, generate = [], timer.wrap(trainer._generate, lambda *_: "generate")
+
+        def timed_generate(prompts):
+            out = generate(prompts)  # (prompt_ids, completion_ids, ...): lists of token ids
+            prompt_tokens.append(sum(map(len, out[0])) / len(out[0]))
+            return out
+        trainer._generate = timed_generate
         trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, lambda *_: "score")
         trainer._get_per_token_logps_and_entropies = timer.wrap(trainer._get_per_token_logps_and_entropies,
                                                                 is_grad_phase)
         trainer.train()
     logs = [row for row in trainer.state.log_history if "completions/mean_length" in row]
-    return {**timer.result(), "tokens": [row["completions/mean_length"] for row in logs], **memory}
+    return {**timer.result(), "tokens": [row["completions/mean_length"] for row in logs],
+            "prompt_tokens": prompt_tokens, **memory}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +228,7 @@ def main(argv=None) -> None:
     res = alternate(str(Path(__file__).resolve()), argv, a.repeats)
     ours, trl = res["ours"], res["trl"]
     rows = time_rows(ours, trl, ("generate", "score", "ref_fwd", "policy_fwd"))
+    rows.append(("prompt length, tokens", median_over(ours, "prompt_tokens"), median_over(trl, "prompt_tokens")))
     rows.append(("completion length, tokens", median_over(ours, "tokens"), median_over(trl, "tokens")))
     rows += memory_rows(ours, trl)
     print_table("medians over repeats and steps (the first step of each run is not counted)", rows,

@@ -23,9 +23,32 @@ FLOPs counted (dense matmuls only; stated so that the numbers can be checked):
     gradient checkpointing recomputes the blocks' forward in backward: + 2 Nb S.
     update = reference forward F + policy forward F + backward F (+ recompute 2 Nb S).
     sampling ~ 2 Nb S_prefill + 2 (Nb + d V) x generated tokens (the KV cache saves the rest).
-Not counted: attention scores and their softmax (4 x layers x d x L per token: ~4% of 2 Nb at
-L = 130 for SmolLM2-135M), norms, activations, the loss. So the fractions are slight
+Not counted: attention scores and their softmax (QK^T and AV: 4 x layers x d x L' per token,
+L' the number of earlier positions: at most ~8% of 2 Nb for SmolLM2-135M at L = 247, ~4% on
+average under the causal mask), norms, activations, the loss. So the fractions are slight
 underestimates of the work done.
+
+Measured here (2-core CPU, load average ~1, SmolLM2-135M, --repeats 2, gradient checkpointing
+on; the matmul rate itself moved between 162 and 251 GFLOP/s with the machine's load):
+
+    phase                               tokens    GFLOP       s  GFLOP/s  % peak
+    GRPO ref forward (no grad)            1976    468.3    3.53    132.8    64%
+    GRPO policy forward                   1976    468.3    3.87    121.0    59%
+    GRPO backward (+recompute)            1976    907.2    8.23    110.2    53%
+    GRPO update total                     1976   1843.9   15.68    117.6    57%
+    DPO ref forward (no grad)             2048    487.0    2.97    163.8    79%
+    DPO policy forward                    2048    487.0    3.90    125.0    60%
+    DPO backward (+recompute)             2048    941.9    8.23    114.4    55%
+    DPO update total                      2048   1916.0   15.16    126.4    61%
+    sampling (KV cache)                   1976    467.9   14.51     32.2    16%
+    (peak: fp32 matmul 2048^3 = 206.6 GFLOP/s, the median of 162.2 before and ~251 after)
+
+The update runs at 55-60% of the matmul rate (the matmuls of a 576-wide model are smaller than
+the 2048^3 reference): it is compute-bound, so its lever is fewer FLOPs (logits only where
+needed, as token_logprobs does; gradient checkpointing off when memory allows: -2 Nb S, a
+quarter of the update). Sampling runs at 16% of the rate (each decoded token reads every weight
+for only 8 rows) and is half of a GRPO step: its lever is more rows per decode step
+(benchmarks/generation.py measures tokens/s by batch size).
 
     python benchmarks/roofline.py                     # embedded SmolLM2-135M
     python benchmarks/roofline.py --tiny --repeats 2  # the tiny random Llama

@@ -24,7 +24,7 @@ import torch
 pytest.importorskip("trl")
 
 from pns_mini import rewards  # noqa: E402
-from pns_mini.data import SYSTEM_PROMPT, load_problems, prompt_text  # noqa: E402
+from pns_mini.data import load_problems, prompt_messages  # noqa: E402
 from pns_mini.modeling import LORA_TARGETS  # noqa: E402
 
 
@@ -54,8 +54,7 @@ def test_grpo_trainer_one_step_with_our_reward_functions(tiny_model_dir, tmp_pat
 
     problems = load_problems("offline", limit=2)
     dataset = Dataset.from_list([
-        {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt_text(p["question"])}],
-         "question": p["question"], "gold": p["gold"]} for p in problems])
+        {"prompt": prompt_messages(p["question"]), "question": p["question"], "gold": p["gold"]} for p in problems])
 
     seen_questions = []
 
