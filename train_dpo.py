@@ -67,7 +67,8 @@ import torch
 from tqdm import tqdm
 
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import ANSWER_INSTRUCTION, DataError, append_jsonl, format_prompt, read_jsonl, repair_torn_tail
+from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, format_prompt, read_pairs,
+                           repair_torn_tail)
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
                                save_atomic, token_logprobs, trainable_parameters)
@@ -173,35 +174,6 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 # Pairs: validate every row (file:line:field), then tokenize and drop over-long pairs
 # ---------------------------------------------------------------------------------------------
-def read_pairs(path: str) -> list[dict]:
-    """Rows of a preference JSONL, each checked and tagged with its line number and form."""
-    rows = read_jsonl(path, required=("prompt", "chosen", "rejected"))
-    with open(path, encoding="utf-8") as f:
-        lines = [n for n, text in enumerate(f, 1) if text.strip()]  # read_jsonl skips blank lines
-    for row, line in zip(rows, lines):
-        where = f"{path}:{line}"
-        conversational = isinstance(row["prompt"], list)
-        for key in ("prompt", "chosen", "rejected"):
-            value = row[key]
-            if not conversational:
-                if not isinstance(value, str) or not value.strip():
-                    accepted = "a list of {role, content} messages or a non-empty string" if key == "prompt" \
-                        else "a non-empty string, as the prompt is one (TRL's standard form)"
-                    raise DataError(f"{where}: field '{key}' must be {accepted}, got {value!r:.80}")
-                continue
-            ok = isinstance(value, list) and value and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in value)
-            if key != "prompt":
-                ok = ok and len(value) == 1 and value[0]["role"] == "assistant" and value[0]["content"].strip()
-            if not ok:
-                shape = "[{role, content}, ...]" if key == "prompt" else '[{"role": "assistant", "content": str}]'
-                raise DataError(f"{where}: field '{key}' must be {shape}, as the prompt is a message list "
-                                f"(TRL's conversational form), got {value!r:.80}")
-        row["_line"], row["_form"] = line, "conversational" if conversational else "string"
-    return rows
-
-
 def prompt_string(prompt, tokenizer, chat_template_for_strings: bool) -> str:
     if isinstance(prompt, list):  # conversational: the model's own chat template
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -229,9 +201,9 @@ def tokenize_pairs(rows: list[dict], tokenizer, cfg: Config) -> tuple[list[dict]
         if too_long:
             dropped += 1
             continue
-        kept.append({"prompt": p, "chosen": c, "rejected": r, "line": row["_line"]})
+        kept.append({"prompt": p, "chosen": c, "rejected": r, "line": row["line"]})
     counts = {"pairs_read": len(rows), "pairs_dropped_too_long": dropped, "pairs_kept": len(kept),
-              "forms": sorted({row["_form"] for row in rows})}
+              "forms": sorted({row["form"] for row in rows})}
     if not kept:
         raise DataError(f"{cfg.pairs}: all {len(rows)} pairs are longer than max_length={cfg.max_length} "
                         f"(max_completion_length={cfg.max_completion_length}); raise them")

@@ -145,37 +145,12 @@ RESUME_KEYS = ("model", "pairs", "limit", "seed", "eval_fraction", "max_length",
 # ---------------------------------------------------------------------------------------------
 # Pairs: read and check, or make from the offline problems
 # ---------------------------------------------------------------------------------------------
-def _check_messages(value, field: str, where: str) -> None:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: field '{field}' must be a non-empty list of chat messages or a string, "
-                        f"got {value!r:.80}")
-    for k, m in enumerate(value):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: field '{field}' message {k} must be {{\"role\": str, \"content\": str}}, "
-                            f"got {m!r:.80}")
-
-
 def load_pairs(path: str, limit: int | None = None) -> list[dict]:
-    """Rows of a TRL-format preference JSONL, checked. All of prompt/chosen/rejected are strings, or
-    all are message lists (the prompt may be absent: TRL's implicit-prompt format). Adds "line"."""
-    rows = data.read_jsonl(path, required=("chosen", "rejected"))
-    lines = [n for n, text in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if text.strip()]
-    for row, line in zip(rows, lines):
-        where = f"{path}:{line}"
+    """Rows of a TRL-format preference JSONL, checked by data.read_pairs (the prompt may be absent:
+    TRL's implicit-prompt form; it then reads as "" or [])."""
+    rows = data.read_pairs(path, prompt_required=False)
+    for row in rows:
         row.setdefault("prompt", [] if isinstance(row["chosen"], list) else "")
-        if isinstance(row["chosen"], str):
-            for field in ("prompt", "chosen", "rejected"):
-                if not isinstance(row[field], str):
-                    raise DataError(f"{where}: field '{field}' must be a string like 'chosen' (standard format), "
-                                    f"got {type(row[field]).__name__}")
-            if not row["chosen"].strip() or not row["rejected"].strip():
-                raise DataError(f"{where}: field '{'chosen' if not row['chosen'].strip() else 'rejected'}' is empty")
-        else:
-            for field in ("chosen", "rejected"):
-                _check_messages(row[field], field, where)
-            if row["prompt"] != []:
-                _check_messages(row["prompt"], "prompt", where)
-        row["line"] = line
     return rows if limit is None else rows[:limit]
 
 

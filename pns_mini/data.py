@@ -106,6 +106,43 @@ def iter_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
                 yield row
 
 
+def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list[dict]:
+    """Rows of a preference JSONL in TRL's format, every row checked; each gets "line" (its line
+    number) and "form". Two forms, as TRL's DPOTrainer and RewardTrainer read them:
+      string          prompt / chosen / rejected are non-empty strings (TRL's standard form);
+      conversational  prompt is a list of {role, content} messages and chosen / rejected are
+                      [{"role": "assistant", "content": str}].
+    With prompt_required=False the prompt may be absent (TRL's implicit-prompt form): chosen and
+    rejected then hold whole texts, or whole conversations ending in an assistant turn."""
+    rows = read_jsonl(path, required=("prompt", "chosen", "rejected") if prompt_required else ("chosen", "rejected"))
+    with open(path, encoding="utf-8") as f:
+        lines = [n for n, text in enumerate(f, 1) if text.strip()]  # read_jsonl skips blank lines
+    message = lambda m: isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)  # noqa: E731
+    for row, line in zip(rows, lines):
+        where, implicit = f"{path}:{line}", "prompt" not in row
+        conversational = isinstance(row["chosen"] if implicit else row["prompt"], list)
+        for key in ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"):
+            value = row[key]
+            if not conversational:
+                if not isinstance(value, str) or not value.strip():
+                    accepted = "a list of {role, content} messages or a non-empty string" if key == "prompt" \
+                        else "a non-empty string, as the prompt is one (TRL's standard form)"
+                    raise DataError(f"{where}: field '{key}' must be {accepted}, got {value!r:.80}")
+                continue
+            ok = isinstance(value, list) and bool(value) and all(message(m) for m in value)
+            if key != "prompt":  # the completion: one assistant turn (implicit prompt: the whole conversation)
+                ok = ok and (implicit or len(value) == 1) and value[-1]["role"] == "assistant" \
+                    and value[-1]["content"].strip() != ""
+            if not ok:
+                shape = "[{role, content}, ...]" if key == "prompt" else \
+                    "[..., {\"role\": \"assistant\", \"content\": str}]" if implicit else '[{"role": "assistant", "content": str}]'
+                raise DataError(f"{where}: field '{key}' must be {shape}, as the "
+                                f"{'chosen' if implicit else 'prompt'} is a message list (TRL's conversational form), "
+                                f"got {value!r:.80}")
+        row["line"], row["form"] = line, "conversational" if conversational else "string"
+    return rows
+
+
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one row and flush it to disk, so an interrupted run loses at most the row in flight."""
     with open(path, "a", encoding="utf-8") as f:
@@ -135,15 +172,14 @@ def repair_torn_tail(path: str | os.PathLike) -> int:
 _BOX_COMMANDS = (BOXED_COMMAND, r"\fbox")
 
 
-def last_boxed(text: str) -> str | None:
-    r"""The content of the LAST `\boxed{...}` (or `\fbox{...}`) in `text`, nested braces kept:
-    `"so \boxed{\frac{1}{2}}."` -> `"\frac{1}{2}"`. None when there is no box or it is never closed.
-    A backslash escapes the next character, so `\{` and `\}` (set braces) do not count."""
-    start = max(text.rfind(cmd + "{") for cmd in _BOX_COMMANDS)
+def last_box_span(text: str, commands: tuple[str, ...] = _BOX_COMMANDS) -> tuple[int, int | None] | None:
+    r"""(start, end) of the LAST box of `commands` in `text`, `end` just past its closing brace.
+    Braces nest; a backslash escapes the next character, so `\{` and `\}` (set braces) do not
+    count. end is None when that box is never closed; None when there is no box at all."""
+    start = max(text.rfind(cmd + "{") for cmd in commands)
     if start < 0:
         return None
-    open_at = text.index("{", start)
-    depth, i = 0, open_at
+    depth, i = 0, text.index("{", start)
     while i < len(text):
         ch = text[i]
         if ch == "\\":
@@ -154,9 +190,18 @@ def last_boxed(text: str) -> str | None:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return text[open_at + 1 : i].strip()
+                return start, i + 1
         i += 1
-    return None
+    return start, None
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the LAST `\boxed{...}` (or `\fbox{...}`) in `text`, nested braces kept:
+    `"so \boxed{\frac{1}{2}}."` -> `"\frac{1}{2}"`. None when there is no box or it is never closed."""
+    span = last_box_span(text)
+    if span is None or span[1] is None:
+        return None
+    return text[text.index("{", span[0]) + 1 : span[1] - 1].strip()
 
 
 _MATH_SPAN = r"\$((?:[^$\\]|\\.)*)\$"  # one `$...$` span; `\$` (a dollar sign) stays inside

@@ -264,13 +264,24 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 # ---------------------------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------------------------
+def save_pretrained(model, path: str | os.PathLike) -> None:
+    """model.save_pretrained; for a peft model without embedding layers (we never resize the
+    vocabulary): peft's default "auto" looks the base up on the Hub when its recorded name is an
+    alias, which is a network call and a warning."""
+    from peft import PeftModel
+    if isinstance(model, PeftModel):
+        model.save_pretrained(path, save_embedding_layers=False)
+    else:
+        model.save_pretrained(path)
+
+
 def save_atomic(model, tokenizer, path: str | os.PathLike) -> Path:
     """save_pretrained (adapter only for a peft model) + tokenizer into `path`, via a temp folder
     renamed into place, so an interrupted save never leaves a folder that loads wrongly."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    model.save_pretrained(tmp)
+    save_pretrained(model, tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if path.exists():

@@ -45,7 +45,7 @@ import math
 import re
 
 from pns_mini import grading
-from pns_mini.data import ANSWER_INSTRUCTION, BOXED_COMMAND
+from pns_mini.data import ANSWER_INSTRUCTION, BOXED_COMMAND, last_box_span
 
 COMPONENTS = ("format", "accuracy", "reward_model", "judge")
 DEFAULT_REWARD_WEIGHTS = {"format": 0.5, "accuracy": 1.0, "reward_model": 1.0, "judge": 1.0}
@@ -72,29 +72,6 @@ def repeat_ratio(text: str, n: int = 4) -> float:
     words = text.lower().split()
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def last_box_span(text: str) -> tuple[int, int | None] | None:
-    r"""(start, end) of the LAST `\boxed{...}` in `text`, `end` just past its closing brace; braces
-    nest and an escaped character (`\{`, `\}`, `\\`) is skipped. end is None when that box is
-    never closed; None when there is no `\boxed{` at all."""
-    start = text.rfind(BOXED_COMMAND + "{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len(BOXED_COMMAND)
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return start, i + 1
-        i += 1
-    return start, None
 
 
 _TRAILER_NOISE = re.compile(r"\s|[.,;:!?$*()\[\]\\]")  # whitespace, punctuation, $, \] and \) delimiters
@@ -138,7 +115,7 @@ def format_check(completion: str, truncated: bool, *, min_chars: int = MIN_CHARS
         return False, "too_short"
     if repeat_ratio(text) > max_repeat_ratio:
         return False, "repetition"
-    span = last_box_span(text)
+    span = last_box_span(text, (BOXED_COMMAND,))
     if span is None:
         return False, "no_boxed"
     start, end = span

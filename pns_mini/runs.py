@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .data import iter_jsonl_tolerant
+from .modeling import save_pretrained
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp-", dir=ckpt_root))
-    model.save_pretrained(tmp)
+    save_pretrained(model, tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(),

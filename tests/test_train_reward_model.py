@@ -82,11 +82,11 @@ def test_offline_pairs_alter_only_the_last_step_and_answer():
 
 @pytest.mark.parametrize("line3, message", [
     ('{"prompt": "Q", "chosen": "A"}', "pairs.jsonl:3: missing field 'rejected'"),
-    ('{"prompt": "Q", "chosen": "A", "rejected": ["B"]}', "pairs.jsonl:3: field 'rejected' must be a string"),
+    ('{"prompt": "Q", "chosen": "A", "rejected": ["B"]}', "pairs.jsonl:3: field 'rejected' must be a non-empty string"),
     ('{"chosen": [{"role": "assistant"}], "rejected": [{"role": "assistant", "content": "B"}]}',
-     "pairs.jsonl:3: field 'chosen' message 0 must be"),
-    ('{"prompt": [], "chosen": [{"role": "assistant", "content": "A"}], "rejected": []}',
-     "pairs.jsonl:3: field 'rejected' must be a non-empty list"),
+     "pairs.jsonl:3: field 'chosen' must be \\[..., "),
+    ('{"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "A"}], "rejected": []}',
+     "pairs.jsonl:3: field 'rejected' must be \\[\\{\"role\": \"assistant\""),
     ('{"prompt": "Q", "chosen": "A", "rejected": "B"', "pairs.jsonl:3: not valid JSON"),
 ])
 def test_malformed_row_names_file_line_and_field(tmp_path, line3, message):
