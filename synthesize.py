@@ -57,13 +57,11 @@ Method (the paper's exact selection rule and thresholds are not public; these ar
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import math
 import random
 import re
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -72,6 +70,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pns_mini import grading, rewards
+from pns_mini.report import write_pairs_report
 from pns_mini.config import main_guard
 from pns_mini.data import (BOXED_COMMAND, SYSTEM_PROMPT, DataError, append_jsonl, format_prompt,
                            gsm8k_solution_to_boxed, iter_jsonl_tolerant, last_boxed, load_problems,
@@ -267,123 +266,6 @@ def messages(cfg: Config, tokenizer, question: str, chosen: str, rejected: str) 
 
 
 # ---------------------------------------------------------------------------------------------
-# Stats: the Figure 1 comparison, per source, from pairs files alone
-# ---------------------------------------------------------------------------------------------
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _text_of(field) -> str:
-    return field if isinstance(field, str) else field[-1]["content"]
-
-
-def similarity(a: str, b: str) -> float:
-    return difflib.SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
-
-
-def source_stats(pairs: list[dict], skipped: list[dict]) -> dict:
-    both = [r for r in pairs if r["rm_raw_rejected"] is not None and r["rm_raw_chosen"] is not None]
-    reasons: dict[str, int] = {}
-    for r in skipped:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    with_pair = {r["id"] for r in pairs}
-    per_problem = list({r["id"]: (r["qualified"], r["candidates"]) for r in pairs}.values()) + \
-        [(r["verified_wrong"], r["candidates"]) for r in skipped]
-    candidates = sum(n for _, n in per_problem)
-    return {
-        "problems_tried": len(with_pair | {r["id"] for r in skipped}), "problems_with_pair": len(with_pair),
-        "pairs": len(pairs), "skipped": reasons,
-        "candidates": candidates,
-        "verified_wrong_rate": sum(q for q, _ in per_problem) / candidates if candidates else None,
-        "rm_raw_rejected": _mean(r["rm_raw_rejected"] for r in pairs),
-        "rm_raw_chosen": _mean(r["rm_raw_chosen"] for r in pairs),
-        "rejected_ge_chosen": _mean(float(r["rm_raw_rejected"] >= r["rm_raw_chosen"]) for r in both),
-        "judge_rejected": _mean(r["judge_rejected"] for r in pairs),
-        "judge_chosen": _mean(r["judge_chosen"] for r in pairs),
-        "tokens_chosen": _mean(r["chosen_tokens"] for r in pairs),
-        "tokens_rejected": _mean(r["rejected_tokens"] for r in pairs),
-        "similarity": _mean(similarity(_text_of(r["chosen"]), _text_of(r["rejected"])) for r in pairs),
-    }
-
-
-def collect_stats(pair_files: list[Path]) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-    """({source: stats}, {source: pair rows}) over pairs files; each file's skipped.jsonl (same
-    folder) counts its problems without a pair. Two files with one source are told apart by folder."""
-    stats, rows_by = {}, {}
-    for path in pair_files:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: pairs file not found")
-        pairs = list(iter_jsonl_tolerant(path))
-        skipped = list(iter_jsonl_tolerant(path.parent / "skipped.jsonl"))
-        for source in sorted({r["source"] for r in pairs + skipped}):
-            key = source if source not in stats else f"{source} ({path.parent.name})"
-            sel = [r for r in pairs if r["source"] == source]
-            stats[key] = source_stats(sel, [r for r in skipped if r["source"] == source])
-            rows_by[key] = sel
-    return stats, rows_by
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def stats_table(stats: dict[str, dict]) -> str:
-    cols = ["pairs/tried", "wrong/cand", "RM rejected", "RM chosen", "rej>=cho", "judge rej", "judge cho",
-            "tok cho", "tok rej", "similarity"]
-    lines = ["| source | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    for source, s in stats.items():
-        vals = [f"{s['pairs']}/{s['problems_tried']}", s["verified_wrong_rate"], s["rm_raw_rejected"],
-                s["rm_raw_chosen"],
-                s["rejected_ge_chosen"], s["judge_rejected"], s["judge_chosen"], s["tokens_chosen"],
-                s["tokens_rejected"], s["similarity"]]
-        lines.append(f"| {source} | " + " | ".join(_fmt(v) for v in vals) + " |")
-    return "\n".join(lines)
-
-
-def write_report(out: Path, pair_files: list[Path]) -> dict:
-    stats, rows_by = collect_stats(pair_files)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    table = stats_table(stats)
-    skips = "\n".join(f"- {src}: {', '.join(f'{k} {v}' for k, v in s['skipped'].items()) or 'none'}"
-                      for src, s in stats.items())
-    (out / "report.md").write_text(
-        f"# Preference pairs\n\nFiles: {', '.join(str(p) for p in pair_files)}\n\n{table}\n\n"
-        "wrong/cand = share of sampled candidates that were well-formed and verified wrong; "
-        "RM = reward-model raw (logit) score, mean over pairs; rej>=cho = share of pairs whose rejected "
-        "scores at least as high as its chosen (the paper's Fig. 1: plausible negative +3.34, correct "
-        "+3.21, rejection-sampled -3.13); tok = mean tokens; similarity = difflib word-sequence ratio "
-        f"of chosen and rejected.\n\nProblems skipped (reason: count):\n{skips}\n")
-    print(table)
-    plot_rm_scores(rows_by, out / "plots" / "rm_scores.png")
-    return stats
-
-
-def plot_rm_scores(rows_by: dict[str, list[dict]], target: Path) -> Path | None:
-    """One panel per source: histograms of the RM raw score of chosen and of rejected."""
-    rows_by = {s: r for s, r in rows_by.items() if any(x["rm_raw_rejected"] is not None for x in r)}
-    if not rows_by:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(rows_by), figsize=(4 * len(rows_by), 3.2), squeeze=False, sharex=True)
-    for ax, (source, rows) in zip(axes[0], rows_by.items()):
-        values = [[r[key] for r in rows if r[key] is not None] for key in ("rm_raw_chosen", "rm_raw_rejected")]
-        ax.hist(values, bins=20, label=["chosen", "rejected"])  # shared bins, bars side by side
-        ax.set_title(source)
-        ax.set_xlabel("reward model score (logit)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
-
-
-# ---------------------------------------------------------------------------------------------
 # Sampling (tests replace this one function with a test double)
 # ---------------------------------------------------------------------------------------------
 def sample_candidates(model, tokenizer, prompts: list[str], cfg: Config, seed: int) -> list[list[tuple[str, bool]]]:
@@ -410,7 +292,7 @@ def prompted_prompt(tokenizer, question: str) -> str:
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     if cfg.stats_only:
-        return write_report(out, [Path(p.strip()) for p in cfg.stats_only.split(",") if p.strip()])
+        return write_pairs_report(out, [Path(p.strip()) for p in cfg.stats_only.split(",") if p.strip()])
     from pns_mini.modeling import load_model_and_tokenizer, reference_model, resolve_model_path
     from pns_mini.scorers import build_scorers
 
@@ -577,7 +459,7 @@ def main(cfg: Config) -> dict:
         bar.set_postfix(pairs=totals["pairs"], skipped=totals["skipped"],
                         wrong=f"{totals['verified_wrong']}/{totals['candidates']}")
     bar.close()
-    return write_report(out, [out / "pairs.jsonl"])
+    return write_pairs_report(out, [out / "pairs.jsonl"])
 
 
 if __name__ == "__main__":

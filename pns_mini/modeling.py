@@ -8,7 +8,6 @@ under `$PNS_MINI_CACHE` (default `~/.cache/pns-mini`); later loads read that fol
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import json

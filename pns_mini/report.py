@@ -1,11 +1,15 @@
-"""The pipeline report: one `report.md` for a run of all four stages, every number read from the
-files the stages wrote (metrics.jsonl, stats.json, summary.json); plots are linked, not redrawn.
+"""Reports read from the files the stages wrote (metrics.jsonl, stats.json, summary.json):
+- write_pairs_report: synthesize.py's per-source statistics of its pairs files (stats.json,
+  report.md, an RM-score histogram), also `synthesize.py --stats-only`;
+- write_report: one `report.md` for a run of all four stages; plots are linked, not redrawn.
 
     python -m pns_mini.report runs/demo        # expects generator/ pairs-*/ dpo/ eval-base/ eval-dpo/
 """
 from __future__ import annotations
 
+import difflib
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -34,6 +38,123 @@ def _images(folder: Path, root: Path) -> list[str]:
     return [f"![{p.stem}]({p.relative_to(root)})" for p in sorted((folder / "plots").glob("*.png"))]
 
 
+# ---------------------------------------------------------------------------------------------
+# Stage 2: the negatives' quality per source (the Figure 1 comparison), from pairs files alone
+# ---------------------------------------------------------------------------------------------
+def _mean_of(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _text_of(field) -> str:
+    return field if isinstance(field, str) else field[-1]["content"]
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
+
+
+def source_stats(pairs: list[dict], skipped: list[dict]) -> dict:
+    both = [r for r in pairs if r["rm_raw_rejected"] is not None and r["rm_raw_chosen"] is not None]
+    reasons: dict[str, int] = {}
+    for r in skipped:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    with_pair = {r["id"] for r in pairs}
+    per_problem = list({r["id"]: (r["qualified"], r["candidates"]) for r in pairs}.values()) + \
+        [(r["verified_wrong"], r["candidates"]) for r in skipped]
+    candidates = sum(n for _, n in per_problem)
+    return {
+        "problems_tried": len(with_pair | {r["id"] for r in skipped}), "problems_with_pair": len(with_pair),
+        "pairs": len(pairs), "skipped": reasons,
+        "candidates": candidates,
+        "verified_wrong_rate": sum(q for q, _ in per_problem) / candidates if candidates else None,
+        "rm_raw_rejected": _mean_of(r["rm_raw_rejected"] for r in pairs),
+        "rm_raw_chosen": _mean_of(r["rm_raw_chosen"] for r in pairs),
+        "rejected_ge_chosen": _mean_of(float(r["rm_raw_rejected"] >= r["rm_raw_chosen"]) for r in both),
+        "judge_rejected": _mean_of(r["judge_rejected"] for r in pairs),
+        "judge_chosen": _mean_of(r["judge_chosen"] for r in pairs),
+        "tokens_chosen": _mean_of(r["chosen_tokens"] for r in pairs),
+        "tokens_rejected": _mean_of(r["rejected_tokens"] for r in pairs),
+        "similarity": _mean_of(similarity(_text_of(r["chosen"]), _text_of(r["rejected"])) for r in pairs),
+    }
+
+
+def collect_stats(pair_files: list[Path]) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """({source: stats}, {source: pair rows}) over pairs files; each file's skipped.jsonl (same
+    folder) counts its problems without a pair. Two files with one source are told apart by folder."""
+    stats, rows_by = {}, {}
+    for path in pair_files:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: pairs file not found")
+        pairs = list(iter_jsonl_tolerant(path))
+        skipped = list(iter_jsonl_tolerant(path.parent / "skipped.jsonl"))
+        for source in sorted({r["source"] for r in pairs + skipped}):
+            key = source if source not in stats else f"{source} ({path.parent.name})"
+            sel = [r for r in pairs if r["source"] == source]
+            stats[key] = source_stats(sel, [r for r in skipped if r["source"] == source])
+            rows_by[key] = sel
+    return stats, rows_by
+
+
+PAIRS_LEGEND = (
+    "pairs/tried = problems with a pair / problems tried; wrong/cand = share of sampled candidates that "
+    "were well-formed and verified wrong; RM = reward-model raw (logit) score, mean over pairs; "
+    "rej>=cho = share of pairs whose rejected scores at least as high as its chosen (the paper's Fig. 1: "
+    "plausible negative +3.34, correct +3.21, rejection-sampled -3.13); judge = the CoT judge's score "
+    "in [0, 1]; tok = mean tokens; similarity = difflib word-sequence ratio of chosen and rejected.")
+
+
+def stats_table(stats: dict[str, dict]) -> str:
+    cols = ["pairs/tried", "wrong/cand", "RM rejected", "RM chosen", "rej>=cho", "judge rej", "judge cho",
+            "tok cho", "tok rej", "similarity"]
+    lines = ["| source | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for source, s in stats.items():
+        keys = ("verified_wrong_rate", "rm_raw_rejected", "rm_raw_chosen", "rejected_ge_chosen", "judge_rejected",
+                "judge_chosen", "tokens_chosen", "tokens_rejected", "similarity")
+        vals = [f"{s.get('pairs')}/{s.get('problems_tried')}", *(s.get(k) for k in keys)]
+        lines.append(f"| {source} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def write_pairs_report(out: Path, pair_files: list[Path]) -> dict:
+    """stats.json, report.md and plots/rm_scores.png in `out` for these pairs files (synthesize.py)."""
+    stats, rows_by = collect_stats(pair_files)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    table = stats_table(stats)
+    skips = "\n".join(f"- {src}: {', '.join(f'{k} {v}' for k, v in s['skipped'].items()) or 'none'}"
+                      for src, s in stats.items())
+    (out / "report.md").write_text(
+        f"# Preference pairs\n\nFiles: {', '.join(str(p) for p in pair_files)}\n\n{table}\n\n"
+        f"{PAIRS_LEGEND}\n\nProblems skipped (reason: count):\n{skips}\n")
+    print(table)
+    plot_rm_scores(rows_by, out / "plots" / "rm_scores.png")
+    return stats
+
+
+def plot_rm_scores(rows_by: dict[str, list[dict]], target: Path) -> Path | None:
+    """One panel per source: histograms of the RM raw score of chosen and of rejected."""
+    rows_by = {s: r for s, r in rows_by.items() if any(x["rm_raw_rejected"] is not None for x in r)}
+    if not rows_by:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(rows_by), figsize=(4 * len(rows_by), 3.2), squeeze=False, sharex=True)
+    for ax, (source, rows) in zip(axes[0], rows_by.items()):
+        values = [[r[key] for r in rows if r[key] is not None] for key in ("rm_raw_chosen", "rm_raw_rejected")]
+        ax.hist(values, bins=20, label=["chosen", "rejected"])  # shared bins, bars side by side
+        ax.set_title(source)
+        ax.set_xlabel("reward model score (logit)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
 def generator_section(run: Path, root: Path) -> list[str]:
     rows = list(iter_jsonl_tolerant(run / "metrics.jsonl"))
     if not rows:
@@ -49,24 +170,16 @@ def generator_section(run: Path, root: Path) -> list[str]:
 
 
 def pairs_section(pair_dirs: list[Path], root: Path) -> list[str]:
-    out = ["## Stage 2: negatives by source", "",
-           "RM = the reward model's raw score (logit scale); rej >= cho = share of pairs whose rejected "
-           "solution scores at least as high as the chosen one (the paper's Figure 1: a plausible negative "
-           "+3.34, the correct solution +3.21, a rejection-sampled negative -3.13).", "",
-           "| source | pairs / problems | RM rejected | RM chosen | rej >= cho | judge rejected | judge chosen "
-           "| similarity |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    images = []
+    stats, images = {}, []
     for d in pair_dirs:
-        stats_file = d / "stats.json"
-        if not stats_file.exists():
-            out.append(f"| `{d.name}` | no stats.json | | | | | | |")
-            continue
-        for source, s in json.loads(stats_file.read_text()).items():
-            out.append(f"| {source} | {s.get('pairs')} / {s.get('problems_tried')} | {_fmt(s.get('rm_raw_rejected'))} "
-                       f"| {_fmt(s.get('rm_raw_chosen'))} | {_fmt(s.get('rejected_ge_chosen'))} "
-                       f"| {_fmt(s.get('judge_rejected'))} | {_fmt(s.get('judge_chosen'))} | {_fmt(s.get('similarity'))} |")
+        f = d / "stats.json"
+        for source, s in (json.loads(f.read_text()) if f.exists() else {}).items():
+            stats[source if source not in stats else f"{source} ({d.name})"] = s
         images += _images(d, root)
-    return out + [""] + images + [""]
+    out = ["## Stage 2: negatives by source", ""]
+    if not stats:
+        return out + ["No stats.json in " + ", ".join(f"`{d}`" for d in pair_dirs) + ".", ""]
+    return out + [stats_table(stats), "", PAIRS_LEGEND, ""] + images + [""]
 
 
 def dpo_section(run: Path, root: Path) -> list[str]:

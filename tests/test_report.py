@@ -26,7 +26,7 @@ def test_report_reads_each_stage(tmp_path):
         (tmp_path / name / "summary.json").write_text(json.dumps({"benchmarks": {"offline": s}, "average": s}))
     text = write_report(tmp_path).read_text()
     assert "| reward/total | 0.500 | 2.500 |" in text  # means of steps 1-2 and 3-4
-    assert "| pns | 7 / 12 | 3.340 | 3.210 | 0.570 |" in text
+    assert "| pns | 7/12 | - | 3.340 | 3.210 | 0.570 |" in text  # no wrong/cand in this stats.json
     assert "| rewards/margins | 0.000 | 0.250 |" in text and "Warning" in text
     assert "| offline | 8 | 25.0 (15.0-35.0) | 50.0 (40.0-60.0) |" in text
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 import synthesize as S
-from pns_mini import grading, rewards
+from pns_mini import grading, report, rewards
 from pns_mini.data import DataError, SYSTEM_PROMPT, format_prompt, load_problems, prompt_messages, prompt_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_each_source_makes_verified_pairs(source, tiny_model_dir, generator_dir,
         wrong = {t for p in PROBLEMS for t, tr in canned(p["gold"])[:2]}
         assert all(r["rejected"][0]["content"] in wrong for r in pairs)
     if source == "perturbed":  # the chosen with its final number moved
-        assert all(S.similarity(r["chosen"][0]["content"], r["rejected"][0]["content"]) > 0.8 for r in pairs)
+        assert all(report.similarity(r["chosen"][0]["content"], r["rejected"][0]["content"]) > 0.8 for r in pairs)
 
 
 class KnownScorer:
@@ -165,7 +165,7 @@ def test_pns_ranks_by_plausibility(tiny_model_dir, generator_dir, tmp_path, monk
         assert first["rm_raw_rejected"] == 3.0 and second["rm_raw_rejected"] == -3.0
         # total = 0.5 format + 1 accuracy + rm sigmoid(3.0) + judge 0.9, with the default weights
         assert first["rejected_total"] == pytest.approx(0.5 + 1 + 1 / (1 + 2.718281828459045 ** -3) + 0.9)
-    stats = S.collect_stats([tmp_path / "pairs.jsonl"])[0]["pns"]
+    stats = report.collect_stats([tmp_path / "pairs.jsonl"])[0]["pns"]
     assert stats["rejected_ge_chosen"] == 0.5  # the chosen scores 0.0: only the "Therefore" rows beat it
     assert stats["rm_raw_chosen"] == 0.0 and stats["judge_rejected"] == pytest.approx((0.9 + 0.2) / 2)
 
@@ -253,7 +253,7 @@ def test_stats_only_on_written_files(tiny_model_dir, tmp_path, monkeypatch):
             {"id": "y", "source": "s", "rm_raw_chosen": 2.0, "rm_raw_rejected": -1.0, "judge_chosen": 0.5,
              "judge_rejected": 0.3, "chosen_tokens": 30, "rejected_tokens": 40, "chosen": "a b", "rejected": "c d",
              "qualified": 1, "candidates": 4}]
-    s = S.source_stats(hand, [{"id": "z", "reason": "no_wellformed_wrong_candidate", "verified_wrong": 0, "candidates": 4}])
+    s = report.source_stats(hand, [{"id": "z", "reason": "no_wellformed_wrong_candidate", "verified_wrong": 0, "candidates": 4}])
     assert s["verified_wrong_rate"] == (2 + 1 + 0) / 12 and s["skipped"] == {"no_wellformed_wrong_candidate": 1}
     assert (s["problems_tried"], s["pairs"], s["rm_raw_rejected"], s["rm_raw_chosen"]) == (3, 2, 1.0, 1.5)
     assert (s["rejected_ge_chosen"], s["judge_rejected"], s["tokens_chosen"], s["tokens_rejected"]) == (0.5, 0.5, 20, 30)
@@ -275,4 +275,4 @@ def test_pairs_load_in_train_dpo(pair_format, tiny_model_dir, tokenizer, tmp_pat
     assert train_dpo.prompt_string(first["prompt"], tokenizer, True) == expected_prompt
     if pair_format == "string":
         assert first["prompt"] == expected_prompt and isinstance(first["chosen"], str)
-    assert tokenizer.decode(kept[0]["chosen"], skip_special_tokens=True) == S._text_of(first["chosen"])
+    assert tokenizer.decode(kept[0]["chosen"], skip_special_tokens=True) == report._text_of(first["chosen"])
