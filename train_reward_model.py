@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 import re
 import time
@@ -76,7 +77,7 @@ class Config:
     model: str = "smollm2-135m"
     """Base instruct model: Hub id, local folder or the alias smollm2-135m (the paper: Qwen3-4B)."""
     pairs: str = "offline"
-    """Preference pairs JSONL (TRL format: prompt/chosen/rejected), or 'offline' (pairs made from the offline problems)."""
+    """Preference pairs JSONL (TRL format: prompt/chosen/rejected; a comma list = several files), or 'offline'."""
     limit: int | None = None
     """Use only the first N pairs of the file (offline: make N pairs; default 200); none = all."""
     output_dir: str = "runs/reward-model"
@@ -145,10 +146,10 @@ RESUME_KEYS = ("model", "pairs", "limit", "seed", "eval_fraction", "max_length",
 # ---------------------------------------------------------------------------------------------
 # Pairs: read and check, or make from the offline problems
 # ---------------------------------------------------------------------------------------------
-def load_pairs(path: str, limit: int | None = None) -> list[dict]:
-    """Rows of a TRL-format preference JSONL, checked by data.read_pairs (the prompt may be absent:
-    TRL's implicit-prompt form; it then reads as "" or [])."""
-    rows = data.read_pairs(path, prompt_required=False)
+def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Rows of a TRL-format preference JSONL (or a comma list of them, concatenated), checked by
+    data.read_pairs (the prompt may be absent: TRL's implicit-prompt form; it then reads as "" or [])."""
+    rows = [r for p in str(path).split(",") if p.strip() for r in data.read_pairs(p.strip(), prompt_required=False)]
     for row in rows:
         row.setdefault("prompt", [] if isinstance(row["chosen"], list) else "")
     return rows if limit is None else rows[:limit]
@@ -280,12 +281,36 @@ def plot_score_hist(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], path: 
     plt.close(fig)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion k/n: "beats chance" when its low end is above 0.5."""
+    p, d = k / n, 1 + z * z / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    centre = (p + z * z / (2 * n)) / d
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def by_group(pairs: list[dict]) -> dict[str, list[int]]:
+    """Pair indices by their "source" (synthesize.py) or "kind" (offline pairs) metadata."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(str(p.get("source") or p.get("kind") or "-"), []).append(i)
+    return groups
+
+
 def write_report(out: Path, cfg: Config, summary: dict) -> None:
     def row(name, s):
         return f"| {name} | - | - | - | - | - |" if s is None else (
-            f"| {name} | {s['pairs']} | {s['accuracy']:.3f} | {s['score_mean']:+.3f} | "
+            f"| {name} | {s['pairs']} | {s['accuracy']:.3f} ({s['accuracy_ci95'][0]:.2f}-{s['accuracy_ci95'][1]:.2f}) "
+            f"| {s['score_mean']:+.3f} | "
             f"{s['chosen_mean']:+.3f} / {s['rejected_mean']:+.3f} | {s['margin_mean']:+.3f} |")
     n = summary["pairs"]
+    group_rows = []
+    for name in ("eval", "train"):
+        if summary.get(f"{name}_by_group"):
+            group_rows += [f"By source ({'held-out' if name == 'eval' else 'train'}):", "",
+                           "| source | pairs | accuracy | margin |", "| --- | --- | --- | --- |"]
+            group_rows += [f"| {g} | {s['pairs']} | {s['accuracy']:.3f} | {s['margin_mean']:+.3f} |"
+                           for g, s in summary[f"{name}_by_group"].items()] + [""]
     (out / "report.md").write_text("\n".join([
         f"# Reward model: {cfg.model} on {cfg.pairs}", "",
         f"Bradley-Terry + centring (lambda {cfg.center_rewards_coefficient}), LoRA r={cfg.lora_r}, {summary['steps']} "
@@ -293,8 +318,8 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
         f"({cfg.lr_scheduler_type}). Pairs: {n['train']} train, {n['eval']} held out (by prompt), "
         f"{n['dropped_too_long']} dropped as longer than {cfg.max_length} tokens.", "",
         "Scores of the merged model in `final/` (eval mode):", "",
-        "| split | pairs | accuracy | mean score | chosen / rejected mean | margin |", "| --- | --- | --- | --- | --- | --- |",
-        row("held-out", summary["eval"]), row("train", summary["train"]), "", "![scores](plots/score_hist.png)", "",
+        "| split | pairs | accuracy (95% Wilson) | mean score | chosen / rejected mean | margin |", "| --- | --- | --- | --- | --- | --- |",
+        row("held-out", summary["eval"]), row("train", summary["train"]), "", *group_rows, "![scores](plots/score_hist.png)", "",
         "Load it with `--reward-model final` (merged) or `--reward-model adapter`. Curves: plots/*.png.", ""]))
 
 
@@ -423,8 +448,14 @@ def main(cfg: Config) -> dict:
         chosen, rejected = score_pairs(merged, split, pad_id, cfg.per_device_eval_batch_size)
         summary[name] = {"pairs": len(split), **pair_stats(chosen, rejected, cfg.center_rewards_coefficient),
                          "chosen_mean": chosen.mean().item(), "rejected_mean": rejected.mean().item(),
-                         "score_abs_mean": torch.cat([chosen, rejected]).abs().mean().item()}
+                         "score_abs_mean": torch.cat([chosen, rejected]).abs().mean().item(),
+                         "accuracy_ci95": wilson_interval(int((chosen > rejected).sum()), len(split))}
         hist["held-out" if name == "eval" else "train"] = (chosen, rejected)
+        groups = by_group(split)
+        if len(groups) > 1:  # e.g. synthesize.py's negative sources: which kinds of negatives it tells apart
+            summary[f"{name}_by_group"] = {g: {"pairs": len(idx), "accuracy": (chosen[idx] > rejected[idx]).float().mean().item(),
+                                               "margin_mean": (chosen[idx] - rejected[idx]).mean().item()}
+                                           for g, idx in groups.items()}
         if name == "eval":
             keep = ("chosen_ids", "rejected_ids")
             samples = [{**{k: v for k, v in p.items() if k not in keep}, "chosen_score": c, "rejected_score": r}

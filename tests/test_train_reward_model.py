@@ -248,3 +248,25 @@ def test_resume_equals_straight_run(tmp_path, tiny_model_dir, pairs_file):
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2, 3, 4]
     for ra, rb in zip(rows_a, rows_b):
         assert ra.keys() == rb.keys() and ra == pytest.approx(rb, rel=1e-5, abs=1e-7)
+
+
+def test_several_pairs_files_and_per_source_groups(tmp_path):
+    rows = {"a": {"prompt": "Q1", "chosen": "A", "rejected": "B", "source": "pns"},
+            "b": {"prompt": "Q2", "chosen": "C", "rejected": "D", "source": "perturbed"}}
+    for name, row in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    pairs = trm.load_pairs(f"{tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}")
+    assert [p["prompt"] for p in pairs] == ["Q1", "Q2"]
+    assert trm.by_group(pairs) == {"pns": [0], "perturbed": [1]}
+    assert trm.by_group(trm.offline_pairs(6, seed=0)).keys() == {"slip", "wrong_op"}
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"prompt": "Q", "chosen": "A"}\n')
+    with pytest.raises(DataError, match="c.jsonl:1: missing field 'rejected'"):  # names the file that is wrong
+        trm.load_pairs(f"{tmp_path / 'a.jsonl'},{bad}")
+
+
+def test_wilson_interval_says_when_accuracy_beats_chance():
+    low, high = trm.wilson_interval(20, 27)  # 74%: the interval leaves 0.5 behind
+    assert 0.5 < low < 20 / 27 < high < 1
+    assert trm.wilson_interval(14, 27)[0] < 0.5  # 52%: indistinguishable from a coin
+    assert trm.wilson_interval(0, 5)[0] == 0.0 and trm.wilson_interval(5, 5)[1] == 1.0
