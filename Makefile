@@ -23,15 +23,21 @@ test: setup
 
 # The main job: all four stages on the embedded SmolLM2-135M-Instruct and offline problems, sized
 # for a 2-core CPU (~15 min). Each stage resumes (or is skipped) when rerun. DEMO=runs/demo.
+# With DATA_DIR=../shared/data (the upstream files): GSM8K train problems and all seven
+# benchmarks (EVAL_LIMIT each) instead of the offline generator.
 DEMO ?= runs/demo
+DATA_DIR ?=
+EVAL_LIMIT ?= 3
 RESUME_IF = $(if $(wildcard $(1)/checkpoints/step-*),--resume,)
+PROBLEMS = $(if $(DATA_DIR),--problems gsm8k_train --data-dir $(DATA_DIR),--problems offline)
+EVAL_SET = $(if $(DATA_DIR),--benchmarks all --limit $(EVAL_LIMIT) --data-dir $(DATA_DIR),--benchmarks offline --limit 24)
 demo: setup
-	test -f $(DEMO)/generator/final/adapter_config.json || $(PY) train_generator.py --problems offline \
+	test -f $(DEMO)/generator/final/adapter_config.json || $(PY) train_generator.py $(PROBLEMS) \
 	  --output-dir $(DEMO)/generator --prompts-per-step 2 --num-generations 4 --max-completion-length 160 \
 	  --max-steps 4 --warmup-steps 0 --learning-rate 2e-5 --save-steps 2 $(call RESUME_IF,$(DEMO)/generator)
-	$(PY) synthesize.py --negative-source pns --generator $(DEMO)/generator/final --problems offline --limit 12 \
+	$(PY) synthesize.py --negative-source pns --generator $(DEMO)/generator/final $(PROBLEMS) --limit 12 \
 	  --num-candidates 4 --batch-size 12 --max-completion-length 160 --output-dir $(DEMO)/pairs-pns
-	$(PY) synthesize.py --negative-source rejection --problems offline --limit 12 \
+	$(PY) synthesize.py --negative-source rejection $(PROBLEMS) --limit 12 \
 	  --num-candidates 4 --batch-size 12 --max-completion-length 160 --output-dir $(DEMO)/pairs-rejection
 	@# DPO on the PNS pairs; if the 4-step generator made none (a 135M model may not), say so and use the baseline's
 	test -s $(DEMO)/pairs-pns/pairs.jsonl || echo "no PNS pairs: DPO uses the rejection-sampling pairs"
@@ -39,9 +45,9 @@ demo: setup
 	  --pairs $$(test -s $(DEMO)/pairs-pns/pairs.jsonl && echo $(DEMO)/pairs-pns || echo $(DEMO)/pairs-rejection)/pairs.jsonl \
 	  --output-dir $(DEMO)/dpo --max-steps 4 --per-device-train-batch-size 2 --gradient-accumulation-steps 1 \
 	  --warmup-steps 0 --learning-rate 5e-5 --save-steps 2 $(call RESUME_IF,$(DEMO)/dpo)
-	$(PY) evaluate.py --model smollm2-135m --benchmarks offline --limit 24 --batch-size 24 \
+	$(PY) evaluate.py --model smollm2-135m $(EVAL_SET) --batch-size 24 \
 	  --max-completion-length 160 --output-dir $(DEMO)/eval-base
-	$(PY) evaluate.py --model smollm2-135m --adapter $(DEMO)/dpo/final --benchmarks offline --limit 24 \
+	$(PY) evaluate.py --model smollm2-135m --adapter $(DEMO)/dpo/final $(EVAL_SET) \
 	  --batch-size 24 --max-completion-length 160 --output-dir $(DEMO)/eval-dpo
 	$(PY) -m pns_mini.report $(DEMO)
 
