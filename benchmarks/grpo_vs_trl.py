@@ -42,6 +42,25 @@ checkpointing on; medians of wall s, CPU s in brackets):
 Under heavy machine load (load average ~10) an earlier run gave 0.97x in time: wall time then
 mostly measures waiting for a core.
 
+A rerun of the same command a day later (load ~1, same code; this machine ran everything ~30%
+slower that day) gave a different whole-step answer:
+
+                        ours          TRL           ours/TRL
+    step                49.8 (88.5)   46.7 (90.2)   1.07x (0.98x)
+      generate          25.7 (43.9)   18.5 (36.0)   1.39x (1.22x)
+      ref_fwd            4.8 (9.2)     6.1 (11.9)   0.78x
+      policy_fwd         5.8 (10.8)    6.6 (12.7)   0.87x
+      backward+opt      13.5 (24.7)   15.4 (29.6)   0.87x
+    step working memory  2849 MB       4245 MB      0.67x
+    process peak RSS     3301 MB       4817 MB      0.69x
+
+The update phases and memory reproduce; sampling does not: our generate took 1.2x TRL's CPU
+seconds in all four counted steps (43.5-44.2 vs 35.8-36.1 CPU s for the same 64 decode steps of
+8 rows), where the first run had it level. Both sides call transformers' generate on a peft
+model; ours puts the model in eval mode and passes a fresh GenerationConfig (top_k=0, no
+top-p/temperature warpers at 1.0), TRL its own generation kwargs. Not yet explained: run
+`benchmarks/generation.py` and a generate-only A/B before trusting either whole-step figure.
+
 Where the difference comes from (measured, not guessed):
 - Sampling is half of the step and the same on both sides (both call transformers' generate
   with a KV cache on the same prompts), so the whole-step gain is bounded by the update phase.
