@@ -58,8 +58,13 @@ The update phases and memory reproduce; sampling does not: our generate took 1.2
 seconds in all four counted steps (43.5-44.2 vs 35.8-36.1 CPU s for the same 64 decode steps of
 8 rows), where the first run had it level. Both sides call transformers' generate on a peft
 model; ours puts the model in eval mode and passes a fresh GenerationConfig (top_k=0, no
-top-p/temperature warpers at 1.0), TRL its own generation kwargs. Not yet explained: run
-`benchmarks/generation.py` and a generate-only A/B before trusting either whole-step figure.
+top-p/temperature warpers at 1.0), TRL its own generation kwargs. A generate-only A/B in one
+process (the same LoRA model with checkpointing on, the same 8 prompt rows, 64 tokens, two
+alternating repeats) found the settings level: our sample() 19.7-20.3 s, transformers' generate
+with TRL's GenerationConfig 18.6-20.4 s (model in train or eval mode). So the run-2 gap is not
+the generation settings; still unexplained (suspects: process state inside
+train_generator.main, such as the grader's worker process or the allocator after a backward).
+Treat the whole-step GRPO ratio as 0.83-1.07x until that is found.
 
 Where the difference comes from (measured, not guessed):
 - Sampling is half of the step and the same on both sides (both call transformers' generate
