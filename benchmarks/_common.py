@@ -138,6 +138,57 @@ class PhaseTimer:
         return out
 
 
+def is_grad_phase(*_) -> str:
+    """The phase of a log-prob call: the forward that carries the gradient, or a no-grad one (the reference)."""
+    import torch
+    return "policy_fwd" if torch.is_grad_enabled() else "ref_fwd"
+
+
+class StepMeter:
+    """A PhaseTimer and a MemoryProbe, opened together at each step's start; the probe stops at
+    the end of the last step. `opens_step` / `ends_run` wrap the functions of our loops that mark
+    those points; `trl_callback` does the same around TRL's optimizer steps."""
+
+    def __init__(self, steps: int):
+        self.steps, self.timer, self.probe, self.memory = steps, PhaseTimer(), MemoryProbe(), {}
+
+    def begin(self) -> None:
+        self.probe.start()
+        self.timer.begin_step()
+
+    def end(self) -> None:
+        self.timer.end_step()
+        if len(self.timer.steps) == self.steps:
+            self.memory.update(self.probe.stop())
+
+    def opens_step(self, fn):
+        def wrapped(*args, **kwargs):
+            self.begin()
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def ends_run(self, fn):  # our loops save one checkpoint, after the last step (save_steps is huge)
+        def wrapped(*args, **kwargs):
+            self.end()
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def trl_callback(self):
+        from transformers import TrainerCallback
+        meter = self
+
+        class StepClock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                meter.begin()
+
+            def on_step_end(self, args, state, control, **kw):
+                meter.end()
+        return StepClock()
+
+    def result(self) -> dict:
+        return {**self.timer.result(), **self.memory}
+
+
 def emit(result: dict) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 

@@ -54,7 +54,7 @@ import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MemoryProbe, PhaseTimer, alternate, emit, memory_rows, model_path,  # noqa: E402
+from _common import (StepMeter, alternate, is_grad_phase, emit, memory_rows, model_path,  # noqa: E402
                      print_table, time_rows)
 
 
@@ -111,11 +111,6 @@ def write_pairs(path: Path, model: str, n: int, max_length: int) -> dict:
     return {"max_tokens": max(lengths), "mean_tokens": sum(lengths) / len(lengths)}
 
 
-def is_grad_phase(*_):
-    import torch
-    return "policy_fwd" if torch.is_grad_enabled() else "ref_fwd"
-
-
 # ---------------------------------------------------------------------------------------------
 # Worker: ours (train_dpo.main, unchanged; its module globals wrapped for timing)
 # ---------------------------------------------------------------------------------------------
@@ -124,21 +119,10 @@ def worker_ours(a) -> dict:
     torch.set_num_threads(a.threads)
     import train_dpo
 
-    probe, timer, memory = MemoryProbe(), PhaseTimer(), {}
-    collate, save_checkpoint = train_dpo.collate, train_dpo.save_checkpoint
-
-    def step_begins_with_collate(*args, **kwargs):  # one micro-batch per step: collate opens it
-        probe.start()
-        timer.begin_step()
-        return collate(*args, **kwargs)
-
-    def stop_then_save(*args, **kwargs):  # save_steps is huge: only the final checkpoint, after the last step
-        timer.end_step()
-        memory.update(probe.stop())
-        return save_checkpoint(*args, **kwargs)
-
-    train_dpo.collate, train_dpo.save_checkpoint = step_begins_with_collate, stop_then_save
-    train_dpo.sequence_logps = timer.wrap(train_dpo.sequence_logps, is_grad_phase)
+    meter = StepMeter(a.steps)
+    train_dpo.collate = meter.opens_step(train_dpo.collate)  # one micro-batch per step: collate opens it
+    train_dpo.save_checkpoint = meter.ends_run(train_dpo.save_checkpoint)
+    train_dpo.sequence_logps = meter.timer.wrap(train_dpo.sequence_logps, is_grad_phase)
     with tempfile.TemporaryDirectory() as out:
         cfg = train_dpo.Config(
             pairs=a.pairs_file, model=model_path(a.model, a.tiny), output_dir=out, seed=a.seed,
@@ -150,7 +134,7 @@ def worker_ours(a) -> dict:
         result = train_dpo.main(cfg)
     if result["counts"]["pairs_kept"] != a.pairs:
         raise SystemExit(f"ours kept {result['counts']['pairs_kept']} of {a.pairs} pairs: lower the pair length")
-    return {**timer.result(), "metrics_step_s": [r["seconds_per_step"] for r in result["metrics"]], **memory}
+    return {**meter.result(), "metrics_step_s": [r["seconds_per_step"] for r in result["metrics"]]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,23 +145,13 @@ def worker_trl(a) -> dict:
     torch.set_num_threads(a.threads)
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from pns_mini.modeling import LORA_TARGETS
 
     path = model_path(a.model, a.tiny)
-    probe, timer, memory = MemoryProbe(), PhaseTimer(), {}
-
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            probe.start()
-            timer.begin_step()
-
-        def on_step_end(self, args, state, control, **kw):
-            timer.end_step()
-            if len(timer.steps) == a.steps:
-                memory.update(probe.stop())
+    meter = StepMeter(a.steps)
 
     with tempfile.TemporaryDirectory() as out:
         args = DPOConfig(
@@ -188,13 +162,13 @@ def worker_trl(a) -> dict:
             max_grad_norm=1.0, gradient_checkpointing=a.gradient_checkpointing, dataloader_num_workers=0)
         trainer = DPOTrainer(
             model=path, args=args, train_dataset=load_dataset("json", data_files=a.pairs_file, split="train"),
-            processing_class=AutoTokenizer.from_pretrained(path), callbacks=[StepClock()],
+            processing_class=AutoTokenizer.from_pretrained(path), callbacks=[meter.trl_callback()],
             peft_config=LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
                                    target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
         # TRL calls its (peft) model twice per step, policy then reference: time each call
-        trainer.model.forward = timer.wrap(trainer.model.forward, is_grad_phase)
+        trainer.model.forward = meter.timer.wrap(trainer.model.forward, is_grad_phase)
         trainer.train()
-    return {**timer.result(), **memory}
+    return meter.result()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MemoryProbe, PhaseTimer, alternate, emit, median_over, memory_rows,  # noqa: E402
+from _common import (StepMeter, alternate, is_grad_phase, emit, median_over, memory_rows,  # noqa: E402
                      model_path, print_table, time_rows)
 
 REWARD_WEIGHTS = {"format": 0.5, "accuracy": 1.0, "reward_model": 0.0, "judge": 0.0}
@@ -119,11 +119,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def is_grad_phase(*_):
-    import torch
-    return "policy_fwd" if torch.is_grad_enabled() else "ref_fwd"
-
-
 # ---------------------------------------------------------------------------------------------
 # Worker: ours (train_generator.main, unchanged; its module globals wrapped for timing)
 # ---------------------------------------------------------------------------------------------
@@ -132,27 +127,17 @@ def worker_ours(a) -> dict:
     torch.set_num_threads(a.threads)
     import train_generator as tg
 
-    probe, timer, memory = MemoryProbe(), PhaseTimer(), {}
-    sample, save_checkpoint = tg.sample, tg.save_checkpoint
-    timed_sample = timer.wrap(sample, lambda *_: "generate")
+    meter, prompt_tokens = StepMeter(a.steps), []
+    timed_sample = meter.opens_step(meter.timer.wrap(tg.sample, lambda *_: "generate"))
 
-    prompt_tokens = []
-
-    def step_begins_with_sampling(*args, **kwargs):  # the rollout is the first thing a step does
-        probe.start()
-        timer.begin_step()
+    def sample_and_count(*args, **kwargs):  # the rollout is the first thing a step does
         out = timed_sample(*args, **kwargs)
         prompt_tokens.append(out.prompt_mask.sum(-1).float().mean().item())
         return out
 
-    def stop_then_save(*args, **kwargs):  # save_steps is huge: only the final checkpoint, after the last step
-        timer.end_step()
-        memory.update(probe.stop())
-        return save_checkpoint(*args, **kwargs)
-
-    tg.sample, tg.save_checkpoint = step_begins_with_sampling, stop_then_save
-    tg.rewards.score_completions = timer.wrap(tg.rewards.score_completions, lambda *_: "score")
-    tg.token_logprobs = timer.wrap(tg.token_logprobs, is_grad_phase)  # also what no_grad_logps calls
+    tg.sample, tg.save_checkpoint = sample_and_count, meter.ends_run(tg.save_checkpoint)
+    tg.rewards.score_completions = meter.timer.wrap(tg.rewards.score_completions, lambda *_: "score")
+    tg.token_logprobs = meter.timer.wrap(tg.token_logprobs, is_grad_phase)  # also what no_grad_logps calls
     with tempfile.TemporaryDirectory() as out:
         cfg = tg.Config(
             model=model_path(a.model, a.tiny), output_dir=out, problems="offline", seed=a.seed, max_steps=a.steps,
@@ -164,8 +149,8 @@ def worker_ours(a) -> dict:
             lora_alpha=2 * a.lora_r, lora_dropout=0.0, device="cpu", dtype="fp32", save_steps=10**6,
             log_samples_steps=10**6)
         rows = tg.main(cfg)["metrics"]
-    return {**timer.result(), "metrics_step_s": [r["time/step"] for r in rows],
-            "tokens": [r["length/mean"] for r in rows], "prompt_tokens": prompt_tokens, **memory}
+    return {**meter.result(), "metrics_step_s": [r["time/step"] for r in rows],
+            "tokens": [r["length/mean"] for r in rows], "prompt_tokens": prompt_tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +161,7 @@ def worker_trl(a) -> dict:
     torch.set_num_threads(a.threads)
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from pns_mini import rewards
@@ -184,17 +169,7 @@ def worker_trl(a) -> dict:
     from pns_mini.modeling import LORA_TARGETS
 
     path = model_path(a.model, a.tiny)
-    probe, timer, memory = MemoryProbe(), PhaseTimer(), {}
-
-    class StepClock(TrainerCallback):  # around each optimizer step (generation happens inside it)
-        def on_step_begin(self, args, state, control, **kw):
-            probe.start()
-            timer.begin_step()
-
-        def on_step_end(self, args, state, control, **kw):
-            timer.end_step()
-            if len(timer.steps) == a.steps:
-                memory.update(probe.stop())
+    meter = StepMeter(a.steps)
 
     dataset = Dataset.from_list([
         {"prompt": prompt_messages(p["question"]), "question": p["question"], "gold": p["gold"]}
@@ -211,23 +186,23 @@ def worker_trl(a) -> dict:
             gradient_checkpointing=a.gradient_checkpointing, reward_weights=[1.0], dataloader_num_workers=0)
         trainer = GRPOTrainer(
             model=path, reward_funcs=[composite], args=args, train_dataset=dataset,
-            processing_class=AutoTokenizer.from_pretrained(path), callbacks=[StepClock()],
+            processing_class=AutoTokenizer.from_pretrained(path), callbacks=[meter.trl_callback()],
             peft_config=LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
                                    target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
-        prompt_tokens, generate = [], timer.wrap(trainer._generate, lambda *_: "generate")
+        prompt_tokens, generate = [], meter.timer.wrap(trainer._generate, lambda *_: "generate")
 
         def timed_generate(prompts):
             out = generate(prompts)  # (prompt_ids, completion_ids, ...): lists of token ids
             prompt_tokens.append(sum(map(len, out[0])) / len(out[0]))
             return out
         trainer._generate = timed_generate
-        trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, lambda *_: "score")
-        trainer._get_per_token_logps_and_entropies = timer.wrap(trainer._get_per_token_logps_and_entropies,
-                                                                is_grad_phase)
+        trainer._calculate_rewards = meter.timer.wrap(trainer._calculate_rewards, lambda *_: "score")
+        trainer._get_per_token_logps_and_entropies = meter.timer.wrap(
+            trainer._get_per_token_logps_and_entropies, is_grad_phase)
         trainer.train()
     logs = [row for row in trainer.state.log_history if "completions/mean_length" in row]
-    return {**timer.result(), "tokens": [row["completions/mean_length"] for row in logs],
-            "prompt_tokens": prompt_tokens, **memory}
+    return {**meter.result(), "tokens": [row["completions/mean_length"] for row in logs],
+            "prompt_tokens": prompt_tokens}
 
 
 # ---------------------------------------------------------------------------------------------
