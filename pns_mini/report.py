@@ -29,9 +29,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _mean(rows: list[dict], key: str):
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return sum(vals) / len(vals) if vals else None
+def _mean_of(values) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    return _mean_of(r.get(key) for r in rows)
+
+
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _images(folder: Path, root: Path) -> list[str]:
@@ -41,11 +50,6 @@ def _images(folder: Path, root: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Stage 2: the negatives' quality per source (the Figure 1 comparison), from pairs files alone
 # ---------------------------------------------------------------------------------------------
-def _mean_of(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
 def _text_of(field) -> str:
     return field if isinstance(field, str) else field[-1]["content"]
 
@@ -195,10 +199,6 @@ def example_pair(pair_dirs: list[Path], chars: int = 600) -> list[str]:
             "", quote(question.split(ANSWER_INSTRUCTION)[0]), ">", "> **rejected:**", quote(_text_of(r["rejected"])), ""]
 
 
-def _json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def stage_times(root: Path) -> list[str]:
     """Wall time per stage, from the files each stage wrote (not measured here)."""
     rows = []
@@ -240,10 +240,7 @@ def dpo_section(run: Path, root: Path) -> list[str]:
 
 
 def eval_section(before: Path, after: Path) -> list[str]:
-    def load(p):
-        f = p / "summary.json"
-        return json.loads(f.read_text()) if f.exists() else None
-    b, a = load(before), load(after)
+    b, a = _json(before / "summary.json"), _json(after / "summary.json")
     if not b or not a:
         return ["## Stage 4: evaluation", "", "Missing summary.json (before or after).", ""]
     pct = lambda s: f"{100 * s['accuracy']:.1f} ({100 * s['ci_low']:.1f}-{100 * s['ci_high']:.1f})"  # noqa: E731
