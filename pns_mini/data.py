@@ -66,9 +66,10 @@ class DataError(ValueError):
     """A malformed input file. The message names the file, the line and the field."""
 
 
-def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), line_key: str | None = None) -> list[dict]:
     """Read a JSONL file into a list of dicts. Blank lines are skipped. A line that is not a JSON
-    object, or lacks one of `required`, raises DataError("FILE:LINE: ...")."""
+    object, or lacks one of `required`, raises DataError("FILE:LINE: ..."). With `line_key`, each
+    row also gets its line number under that key (for errors found later)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -86,6 +87,8 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[di
             for key in required:
                 if key not in row:
                     raise DataError(f"{path}:{lineno}: missing field '{key}' (have: {', '.join(row) or 'none'})")
+            if line_key:
+                row[line_key] = lineno
             rows.append(row)
     return rows
 
@@ -114,13 +117,13 @@ def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list
                       [{"role": "assistant", "content": str}].
     With prompt_required=False the prompt may be absent (TRL's implicit-prompt form): chosen and
     rejected then hold whole texts, or whole conversations ending in an assistant turn."""
-    rows = read_jsonl(path, required=("prompt", "chosen", "rejected") if prompt_required else ("chosen", "rejected"))
-    with open(path, encoding="utf-8") as f:
-        lines = [n for n, text in enumerate(f, 1) if text.strip()]  # read_jsonl skips blank lines
+    required = ("prompt", "chosen", "rejected") if prompt_required else ("chosen", "rejected")
+    rows = read_jsonl(path, required, line_key="line")
     message = lambda m: isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)  # noqa: E731
-    for row, line in zip(rows, lines):
-        where, implicit = f"{path}:{line}", "prompt" not in row
+    for row in rows:
+        where, implicit = f"{path}:{row['line']}", "prompt" not in row
         conversational = isinstance(row["chosen"] if implicit else row["prompt"], list)
+        row["form"] = "conversational" if conversational else "string"
         for key in ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"):
             value = row[key]
             if not conversational:
@@ -130,16 +133,16 @@ def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list
                     raise DataError(f"{where}: field '{key}' must be {accepted}, got {value!r:.80}")
                 continue
             ok = isinstance(value, list) and bool(value) and all(message(m) for m in value)
-            if key != "prompt":  # the completion: one assistant turn (implicit prompt: the whole conversation)
+            if key == "prompt":
+                shape = "[{role, content}, ...]"
+            else:  # the completion: one assistant turn (implicit prompt: the whole conversation, ending in one)
                 ok = ok and (implicit or len(value) == 1) and value[-1]["role"] == "assistant" \
                     and value[-1]["content"].strip() != ""
+                shape = '[..., {"role": "assistant", "content": str}]' if implicit else '[{"role": "assistant", "content": str}]'
             if not ok:
-                shape = "[{role, content}, ...]" if key == "prompt" else \
-                    "[..., {\"role\": \"assistant\", \"content\": str}]" if implicit else '[{"role": "assistant", "content": str}]'
                 raise DataError(f"{where}: field '{key}' must be {shape}, as the "
                                 f"{'chosen' if implicit else 'prompt'} is a message list (TRL's conversational form), "
                                 f"got {value!r:.80}")
-        row["line"], row["form"] = line, "conversational" if conversational else "string"
     return rows
 
 
