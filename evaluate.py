@@ -89,6 +89,9 @@ class Config:
     """Sampling temperature; 0 = greedy (0.6-1.0 for k > 1)."""
     top_p: float = 1.0
     """Nucleus sampling mass (0-1]; ignored when greedy."""
+    enable_thinking: bool = False
+    """Qwen3-style templates: the model writes <think>...</think> first and the answer is read
+    after it; off = the template's empty think block, no thinking. Other templates ignore it."""
     batch_size: int = 8
     """Completions generated at once (4-64 on a GPU; 8 on a CPU)."""
     seed: int = 0
@@ -391,7 +394,7 @@ def main(cfg: Config) -> dict:
         for name, ps in problems.items():  # a changed template would mix two prompts in one table
             for p in ps:
                 saved = recorded.get((name, p["id"]))
-                if saved is not None and saved != data.format_prompt(tokenizer, p["question"]):
+                if saved is not None and saved != data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking):
                     raise RunMismatchError(f"{samples_path}: the recorded prompt of {p['id']} differs from the "
                                            f"current one (template {data.prompt_template_hash()}); use another --output-dir")
         todo = [(name, p) for name, ps in problems.items() for p in ps]
@@ -403,7 +406,7 @@ def main(cfg: Config) -> dict:
             if not batch:
                 continue
             # --- generation: k samples per problem, KV-cached, rows prompt-major ---
-            prompts = [data.format_prompt(tokenizer, p["question"]) for _, p in batch]
+            prompts = [data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking) for _, p in batch]
             t0 = time.perf_counter()
             comp = generation.sample(model, tokenizer, prompts, num_samples=k, temperature=cfg.temperature,
                                      top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,

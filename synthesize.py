@@ -72,7 +72,7 @@ from tqdm import tqdm
 from pns_mini import grading, rewards
 from pns_mini.report import write_pairs_report
 from pns_mini.config import main_guard
-from pns_mini.data import (BOXED_COMMAND, SYSTEM_PROMPT, DataError, append_jsonl, format_prompt,
+from pns_mini.data import (BOXED_COMMAND, SYSTEM_PROMPT, DataError, append_jsonl, chat_prompt, format_prompt,
                            gsm8k_solution_to_boxed, iter_jsonl_tolerant, last_boxed, load_problems,
                            prompt_messages, prompt_template_hash, repair_torn_tail)
 
@@ -118,6 +118,9 @@ class Config:
     """Sampling temperature (0.6-1.0; 0 = greedy, which makes K identical candidates)."""
     top_p: float = 1.0
     """Nucleus sampling mass (0.9-1.0)."""
+    enable_thinking: bool = False
+    """Qwen3-style templates: the model writes <think>...</think> first and the answer is read
+    after it; off = the template's empty think block, no thinking. Other templates ignore it."""
     pairs_per_problem: int = 1
     """Rejected candidates kept per problem (1-4), each paired with the same chosen."""
     reward_model: str | None = None
@@ -259,10 +262,13 @@ def done_ids(out: Path) -> tuple[set[str], int]:
 def messages(cfg: Config, tokenizer, question: str, chosen: str, rejected: str) -> dict:
     """The three fields TRL's DPOTrainer reads, in its conversational (or string) form."""
     if cfg.pair_format == "string":
-        return {"prompt": format_prompt(tokenizer, question), "chosen": chosen, "rejected": rejected}
+        return {"prompt": format_prompt(tokenizer, question, enable_thinking=cfg.enable_thinking),
+                "chosen": chosen, "rejected": rejected}
     return {"prompt": prompt_messages(question),
             "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+            "rejected": [{"role": "assistant", "content": rejected}],
+            # TRL's per-row field: its DPOTrainer, and train_dpo.py, template the prompt as we sampled it
+            "chat_template_kwargs": {"enable_thinking": cfg.enable_thinking}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,13 +285,13 @@ def sample_candidates(model, tokenizer, prompts: list[str], cfg: Config, seed: i
     return groups
 
 
-def prompted_prompt(tokenizer, question: str) -> str:
+def prompted_prompt(tokenizer, question: str, enable_thinking: bool = False) -> str:
     """The `prompted` baseline's request for a subtly wrong solution: the same system turn and
     worked example as data.prompt_messages (so the answer format is shown alike), then the request."""
     request = {"role": "user", "content": PROMPTED_INSTRUCTION.format(question=question.strip())}
     if getattr(tokenizer, "chat_template", None):
         messages = prompt_messages(question)[:-1] + [request]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return chat_prompt(tokenizer, messages, enable_thinking=enable_thinking)
     return f"{SYSTEM_PROMPT}\n\n{request['content']}\nSolution: "
 
 
@@ -347,7 +353,7 @@ def main(cfg: Config) -> dict:
         policy_groups = None
         if cfg.chosen_source == "policy" or cfg.negative_source == "rejection":
             with as_policy():
-                prompts = [format_prompt(tok, p["question"]) for p in batch]
+                prompts = [format_prompt(tok, p["question"], enable_thinking=cfg.enable_thinking) for p in batch]
                 policy_groups = sample_candidates(policy, tok, prompts, cfg, seed)
         for i, p in enumerate(batch):
             if cfg.chosen_source == "gold":
@@ -374,12 +380,12 @@ def main(cfg: Config) -> dict:
         if cfg.negative_source == "rejection":
             groups = {i: policy_groups[i] for i in live}
         elif cfg.negative_source == "pns" and live:
-            prompts = [format_prompt(gen_tok, batch[i]["question"]) for i in live]
+            prompts = [format_prompt(gen_tok, batch[i]["question"], enable_thinking=cfg.enable_thinking) for i in live]
             sampled = sample_candidates(generator, gen_tok, prompts, cfg, seed)
             groups = dict(zip(live, sampled))
         elif cfg.negative_source == "prompted" and live:
             with as_policy():
-                prompts = [prompted_prompt(tok, batch[i]["question"]) for i in live]
+                prompts = [prompted_prompt(tok, batch[i]["question"], cfg.enable_thinking) for i in live]
                 sampled = sample_candidates(policy, tok, prompts, cfg, seed)
             groups = dict(zip(live, sampled))
         elif cfg.negative_source == "perturbed":

@@ -67,7 +67,7 @@ import torch
 from tqdm import tqdm
 
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, format_prompt, read_pairs,
+from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs,
                            repair_torn_tail)
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
@@ -174,13 +174,12 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 # Pairs: validate every row (file:line:field), then tokenize and drop over-long pairs
 # ---------------------------------------------------------------------------------------------
-def prompt_string(prompt, tokenizer, chat_template_for_strings: bool) -> str:
+def prompt_string(prompt, tokenizer, chat_template_for_strings: bool, template_kwargs: dict | None = None) -> str:
+    """template_kwargs: the row's `chat_template_kwargs` (TRL's field; synthesize.py writes
+    {"enable_thinking": ...}), so the prompt is templated as it was when the pair was sampled."""
+    enable_thinking = bool((template_kwargs or {}).get("enable_thinking", False))
     if isinstance(prompt, list):  # conversational: the model's own chat template
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    already_templated = any(tok in prompt for tok in tokenizer.all_special_tokens)
-    if already_templated or not chat_template_for_strings:
-        return prompt
-    return format_prompt(tokenizer, prompt.strip().removesuffix(ANSWER_INSTRUCTION).strip())
+        return chat_prompt(tokenizer, prompt, enable_thinking=enable_thinking)
 
 
 def completion_ids(completion, tokenizer) -> list[int]:
@@ -193,7 +192,8 @@ def tokenize_pairs(rows: list[dict], tokenizer, cfg: Config) -> tuple[list[dict]
     """Token ids of each pair; pairs over max_length / max_completion_length are dropped, counted."""
     kept, dropped = [], 0
     for row in rows:
-        p = tokenizer(prompt_string(row["prompt"], tokenizer, cfg.chat_template_for_strings),
+        p = tokenizer(prompt_string(row["prompt"], tokenizer, cfg.chat_template_for_strings,
+                                    row.get("chat_template_kwargs")),
                       add_special_tokens=False)["input_ids"]
         c, r = completion_ids(row["chosen"], tokenizer), completion_ids(row["rejected"], tokenizer)
         too_long = len(p) + max(len(c), len(r)) > cfg.max_length or (

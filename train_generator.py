@@ -116,6 +116,9 @@ class Config:
     """Sampling temperature (> 0; 0.7-1.2); log-probs use the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling mass (0-1]."""
+    enable_thinking: bool = False
+    """Qwen3-style templates: the model writes <think>...</think> first and the answer is read
+    after it; off = the template's empty think block, no thinking. Other templates ignore it."""
     reward_weights: str | None = None
     """'format=0.5,accuracy=1,reward_model=1,judge=1' (partial is fine) or 4 numbers in that order; none = defaults."""
     malformed_penalty: float = rewards.MALFORMED_PENALTY
@@ -405,7 +408,7 @@ def main(cfg: Config) -> dict:
         # ---------------- rollout: B problems x G completions (KV-cached sampling) ----------------
         batch = [problems[i] for i in problem_order(len(problems), cfg.seed, position, B)]
         position += B
-        rollout = sample(model, tokenizer, [format_prompt(tokenizer, p["question"]) for p in batch], num_samples=G,
+        rollout = sample(model, tokenizer, [format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking) for p in batch], num_samples=G,
                          temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
                          seed=cfg.seed * 1_000_003 + step)  # rows prompt-major: p0 x G, p1 x G, ...
         row_problems = [batch[k] for k in rollout.prompt_index]  # (N,) the problem of each row

@@ -44,11 +44,25 @@ def prompt_messages(question: str) -> list[dict]:
             {"role": "user", "content": prompt_text(question)}]
 
 
-def format_prompt(tokenizer, question: str) -> str:
-    """The full prompt string for `question`: the tokenizer's chat template over
-    `prompt_messages` (generation prompt appended), else a plain "Question/Answer" layout."""
+def chat_prompt(tokenizer, messages: list[dict], *, enable_thinking: bool = False) -> str:
+    """`messages` through the tokenizer's chat template, the assistant's generation prompt appended.
+
+    enable_thinking goes to the template as TRL's `chat_template_kwargs` would pass it. Qwen3's
+    template reads it: False (our default) appends an empty `<think>\n\n</think>\n\n` block, so
+    the model answers at once; True leaves the turn open and the model writes its own
+    `<think>...</think>` first (grading reads the answer after `</think>`, see grading.py). Templates
+    without the switch (Qwen2.5, Llama 3, SmolLM2) ignore it: their prompt is the same either way.
+    Every message we give is rendered; a template adds its default system turn only when
+    `messages` has none (ours always has one)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=enable_thinking)
+
+
+def format_prompt(tokenizer, question: str, *, enable_thinking: bool = False) -> str:
+    """The full prompt string for `question`: `chat_prompt` over `prompt_messages`, else (a
+    tokenizer without a chat template) a plain "Question/Answer" layout."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt_messages(question), tokenize=False, add_generation_prompt=True)
+        return chat_prompt(tokenizer, prompt_messages(question), enable_thinking=enable_thinking)
     return (f"{SYSTEM_PROMPT}\n\nQuestion: {prompt_text(EXAMPLE_QUESTION)}\nAnswer: {EXAMPLE_SOLUTION}\n\n"
             f"Question: {prompt_text(question)}\nAnswer: ")
 

@@ -136,14 +136,27 @@ _DELIMITED = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|\*
 _CHOICE = re.compile(r"\(?[A-Ea-e]\)?")
 
 
+def after_thinking(text: str) -> str:
+    """The visible answer of a reasoning model: the text after the LAST `</think>`. The thinking
+    is scratch work (it tries values, boxes drafts), so it is never read for the answer. A text
+    that opens `<think>` and never closes it is all thinking: "" (no answer). A text without
+    think tags is returned as it is. (Qwen3 with enable_thinking writes `<think>` itself; some
+    templates put it in the prompt, so a completion may hold only `</think>`.)"""
+    end = text.rfind("</think>")
+    if end >= 0:
+        return text[end + len("</think>"):]
+    return "" if "<think>" in text else text
+
+
 def _answer_turn(text: str) -> str:
     """The end of the model's answer turn: the first stretch of text between end-of-turn tokens
-    that has content, with a leading role name ("assistant\\n") removed, cut to its last
-    _MAX_SCAN_CHARS characters (what is read for the answer; keeps the cost of 2 MB inputs low)."""
+    that has content, with a leading role name ("assistant\\n") removed and any thinking before
+    `</think>` dropped (`after_thinking`), cut to its last _MAX_SCAN_CHARS characters (what is
+    read for the answer; keeps the cost of 2 MB inputs low)."""
     for part in _END_OF_TURN.split(text):
         part = _ROLE_HEADER.sub("", part)
         if part.strip():
-            return part[-_MAX_SCAN_CHARS:]
+            return after_thinking(part)[-_MAX_SCAN_CHARS:]
     return ""
 
 

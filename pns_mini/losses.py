@@ -3,9 +3,10 @@ GRPO surrogate, DPO (sigmoid / IPO / hinge) with the RPO NLL term, and the Bradl
 model loss.
 
 Nothing here touches a model, an optimizer or a config: each function maps tensors to tensors,
-so the tests in `tests/test_losses.py` are the spec. Option names and numbers follow TRL
-(GRPOTrainer, DPOTrainer, RewardTrainer), which serves as the parity oracle; where we differ
-from TRL the docstring says so.
+so the tests in `tests/test_losses.py` are the spec. Option names follow TRL 1.16 (GRPOTrainer,
+DPOTrainer, RewardTrainer), and TRL's numbers are the parity oracle (`tests/test_trl_parity.py`)
+where a docstring says "as TRL"; where we differ (IPO's length averaging, label_smoothing under
+"sigmoid", the RPO term, uneven micro-batches, zero-spread groups) the docstring says how.
 
 Shape letters used below:
     N  number of completions in the (micro-)batch (for GRPO: N = B * G, prompts x generations)
@@ -302,17 +303,26 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair DPO-family losses on sequence log-probabilities (as TRL DPOTrainer `dpo_loss`).
+    """Per-pair DPO-family losses on sequence log-probabilities (TRL 1.16 computes these inside
+    DPOTrainer._compute_loss; it has no separate `dpo_loss`).
 
     With h = (pc - rc) - (pr - rr), the policy's log-ratio margin over the reference's:
 
         "sigmoid"  -(1 - ls) * log sigmoid(beta * h) - ls * log sigmoid(-beta * h)
-                   DPO, Rafailov et al. 2023, Eq. 7; ls > 0 is conservative DPO (Mitchell 2023,
-                   "A note on DPO with noisy preferences"), TRL `label_smoothing`.
+                   DPO, Rafailov et al. 2023, Eq. 7 (as TRL at ls = 0); ls > 0 is conservative
+                   DPO (Mitchell 2023, "A note on DPO with noisy preferences").
         "ipo"      (h - 1 / (2 * beta))^2
-                   IPO, Azar et al. 2023, Eq. 17 (their tau is our beta).
+                   IPO, Azar et al. 2023, Eq. 17 (their tau is our beta); TRL length-averages h.
         "hinge"    relu(1 - beta * h)
                    SLiC-HF, Zhao et al. 2023, with margin 1 / beta (as TRL).
+
+    label_smoothing is NOT TRL's: TRL 1.16's "sigmoid" ignores `label_smoothing` altogether
+    (dpo_trainer.py: `-F.logsigmoid(self.beta * delta_score)`). TRL uses the option only in
+    "robust" (a different, unbiased formula: the smoothed term MINUS the flipped one, divided by
+    1 - 2 ls), "exo_pair", and "aot" / "aot_unpaired", which apply the formula above to
+    log-ratios sorted over the batch (equal to ours only on pairs already in sorted order). With
+    ls > 0 no TRL setting gives these numbers; `tests/test_trl_parity.py` checks that TRL's
+    "sigmoid" ignores ls and that its "aot" equals ours on sorted pairs.
 
     Args:
         policy_chosen_logps, policy_rejected_logps: (B,) log pi_theta(y | x) of each pair's
@@ -368,8 +378,10 @@ def rpo_nll_loss(chosen_logps_sum: torch.Tensor, chosen_token_counts: torch.Tens
     the L_NLL term of their DPO+NLL loss): the chosen completion's negative log-likelihood
     divided by its length, averaged over pairs. The script adds `rpo_alpha * rpo_nll_loss(...)`
     to the mean DPO loss, which keeps the chosen log-prob from falling while the margin grows.
-    (The paper puts its weight alpha on the DPO term instead; TRL and we weight the NLL term.
-    The two coincide at alpha = 1.)
+    (The paper puts its weight alpha on the DPO term instead; we weight the NLL term. The two
+    coincide at alpha = 1.) TRL 1.16 has no `rpo_alpha` (older TRL had one); its nearest
+    equivalent is `loss_type=["sigmoid", "sft"], loss_weights=[1.0, alpha]`, whose "sft" term
+    reduces differently (see Returns).
 
     Args:
         chosen_logps_sum: (B,) sum of the policy's per-token log-probs over each chosen
@@ -378,9 +390,9 @@ def rpo_nll_loss(chosen_logps_sum: torch.Tensor, chosen_token_counts: torch.Tens
 
     Returns:
         0-dim tensor: mean over pairs of -(chosen_logps_sum / chosen_token_counts), a per-sequence
-        length normalisation as in the paper. (TRL's `rpo_alpha` instead takes one token-level
-        cross-entropy mean over all chosen tokens of the batch; the two agree when all chosen
-        completions have the same length.)
+        length normalisation as in the paper. (TRL's "sft" term instead takes one token-level
+        mean of -log p over all chosen tokens of the batch: sum over tokens / total chosen
+        tokens; the two agree only when all chosen completions have the same length.)
     """
     if chosen_logps_sum.shape != chosen_token_counts.shape or chosen_logps_sum.dim() != 1:
         raise ValueError("chosen_logps_sum and chosen_token_counts must both be (B,)")

@@ -102,13 +102,17 @@ def format_check(completion: str, truncated: bool, *, min_chars: int = MIN_CHARS
                    "\boxed{5}." or "\boxed{18} dollars. I hope it is correct." passes; a second
                    solution, a new question or a revised answer after the box fails.
 
+    A reasoning model's `<think>...</think>` block is dropped first (grading.after_thinking): every
+    rule above applies to the visible answer after `</think>` only, and a completion whose
+    `<think>` never closes has no visible answer ("too_short").
+
     This check needs no gold answer. `score_completions` adds one more condition: grading must be
     able to compare the answer with the gold (verdict "correct" or "wrong"); a well-formed box
     the grader cannot parse is reported as format failure "unparseable".
     """
     if truncated:
         return False, "truncated"
-    text = completion.strip()
+    text = grading.after_thinking(completion).strip()  # the answer after a <think> block, see above
     if len(text) > max_chars:
         return False, "too_long"
     if len(text) < min_chars:

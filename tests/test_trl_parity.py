@@ -9,7 +9,12 @@ unmodified. Two kinds of model are passed to it:
   AND its gradient are compared with ours on exactly the same numbers;
 - the tiny random Llama with a LoRA, patched with TRL's own `add_fused_lm_head`, so TRL's
   log-prob path (no position ids, LM head over every position, chunked log-softmax) is compared
-  with ours end to end, loss and LoRA gradients included.
+  with ours end to end, loss and LoRA gradients included. (Without position ids a left-padded
+  row's real tokens sit at positions shifted by its pad count; RoPE attention depends only on
+  position differences within a row, so the two agree to float rounding, ~1e-6, not exactly.)
+
+The installed TRL must be the version pinned in requirements-bench.txt: any other version, or
+none, makes this file fail at collection (never skip).
 
 What must agree (float32 tolerance):
 - DPO (DPOTrainer._compute_loss): "sigmoid" and "hinge" losses, gradients and the logged
@@ -47,14 +52,26 @@ import contextlib
 import copy
 import types
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
 
-trl = pytest.importorskip("trl")
-if trl.__version__ != "1.16.0":  # the trainer-less calls read private attributes of this version
-    pytest.skip(f"parity is pinned to trl 1.16.0 internals (found {trl.__version__}); "
-                f"re-read dpo_trainer.py / grpo_trainer.py and update this file", allow_module_level=True)
+# The trainer-less calls read private attributes of one TRL version, pinned in requirements-bench.txt.
+# Any other version (or none) FAILS this file instead of skipping it: a skipped oracle would let
+# every parity claim in losses.py and docs/design.md go unchecked without anyone noticing.
+PINNED_TRL = next(line.split("==")[1].strip() for line in
+                  (Path(__file__).resolve().parents[1] / "requirements-bench.txt").read_text().splitlines()
+                  if line.startswith("trl=="))
+try:
+    import trl
+except ImportError:
+    pytest.fail(f"TRL parity tests need trl=={PINNED_TRL}, which is not installed: "
+                f"pip install -r requirements-bench.txt (make setup does this)", pytrace=False)
+if trl.__version__ != PINNED_TRL:
+    pytest.fail(f"TRL parity is pinned to trl=={PINNED_TRL} (requirements-bench.txt) but trl "
+                f"{trl.__version__} is installed: install the pin, or re-read TRL's dpo_trainer.py / "
+                f"grpo_trainer.py, update this file and the pin together", pytrace=False)
 
 from trl import DPOTrainer, GRPOTrainer  # noqa: E402
 from trl.trainer.utils import add_fused_lm_head, nanstd  # noqa: E402
@@ -535,7 +552,7 @@ def test_dpo_pair_tokenization_vs_trl(tiny_model_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     p = offline_problems(1)[0]
     wrong = p["solution"].replace(f"\\boxed{{{p['gold']}}}", f"\\boxed{{{int(p['gold']) + 1}}}")
-    row = {"id": p["id"], **synthesize.messages(types.SimpleNamespace(pair_format="conversational"), tok,
+    row = {"id": p["id"], **synthesize.messages(types.SimpleNamespace(pair_format="conversational", enable_thinking=False), tok,
                                                  p["question"], p["solution"], wrong), "gold": p["gold"]}
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(row) + "\n")
