@@ -1,14 +1,45 @@
-"""Batched, KV-cached sampling with Hugging Face `generate`, and completion masks built from the
-POSITION of the first EOS.
+"""Batched, KV-cached sampling, and completion masks built from the POSITION of the first EOS.
 
 Rows are prompt-major: with prompts [p0, p1] and n=3 the rows are p0,p0,p0,p1,p1,p1, which is the
 grouping `losses.group_advantages` expects.
+
+Two engines draw from the SAME distribution (softmax(logits / temperature), cut to the nucleus
+`top_p`; greedy at temperature 0) and nothing else:
+
+* "loop" (the default): our own decode loop over transformers' model and `DynamicCache`,
+  written for the shapes PNS samples (G completions of each prompt):
+  1. each distinct prompt is prefilled ONCE and its cache copied to its `num_samples` rows
+     (`DynamicCache.batch_repeat_interleave`): the same arithmetic as prefilling it G times;
+  2. a row that has emitted EOS leaves the decode batch (`DynamicCache.batch_select_indices`),
+     so a batch costs what its rows' lengths cost, not G x its longest row;
+  3. a LoRA adapter on a full-precision base is merged into copies of the base weights for the
+     rollout and the originals put back afterwards (`merged_lora`), so one decode step costs one
+     matmul per weight instead of three; see `merged_lora` for the float error;
+  4. each row draws from its own `torch.Generator`, seeded from its prompt's seed and its sample
+     index, so a row's tokens do not depend on which other rows share its batch.
+* "generate": transformers' `generate` (the baseline of benchmarks/generation.py, and the path
+  for `use_cache=False`).
+
+The model folder's own `generation_config.json` never applies. Real instruct models ship logits
+processors there (Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20, top_p 0.8, temperature
+0.7; others no_repeat_ngram_size, min_length, suppress_tokens, bad_words_ids...). transformers
+fills every field a `GenerationConfig` leaves unset from that file, so a rollout would sample
+from a processed distribution that `modeling.token_logprobs` does not score: the GRPO ratio, the
+KL and the policy gradient would all be off, and "greedy" evaluation would not be greedy. The
+loop applies only temperature and top_p by construction; the `generate` path runs with the
+model's generation config swapped for a blank one that keeps only its EOS / pad / BOS ids, so
+every processor and warper is off (`repetition_penalty` 1, `top_k` 0, no n-gram ban, no minimum
+length, no suppressed or forced tokens) except the two we set.
 """
 from __future__ import annotations
 
+import contextlib
+import zlib
 from dataclasses import dataclass
 
 import torch
+
+from pns_mini.modeling import position_ids_from_mask
 
 
 @dataclass
@@ -20,6 +51,8 @@ class Completions:
     truncated: torch.Tensor        # (N,) bool: no EOS within max_new_tokens
     texts: list[str]               # decoded completions (masked tokens only, special tokens dropped)
     prompt_index: list[int]        # row -> index of its prompt in the input list
+    logprobs: torch.Tensor | None = None  # (N, T) fp32 log p(token) under softmax(logits / temperature)
+                                          # (temperature 1 when greedy), 0 after the mask; loop engine only
 
     @property
     def input_ids(self) -> torch.Tensor:  # (N, P+T) prompt followed by completion
@@ -75,52 +108,243 @@ def left_pad(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temperature: float = 1.0,
-           top_p: float = 1.0, max_new_tokens: int = 256, seed: int | None = None,
-           batch_size: int | None = None, use_cache: bool = True) -> Completions:
-    """Sample `num_samples` completions for each prompt string (already chat-templated, see
-    `data.format_prompt`). temperature 0 means greedy. Rows are generated `batch_size` at a time
-    (default: all), each batch left-padded; the KV cache is used unless `use_cache=False`
-    (the slow baseline in benchmarks/generation.py). Returns rows on the CPU.
-    """
-    if seed is not None:
-        torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    eos = eos_token_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    prompt_index = [i for i in range(len(prompts)) for _ in range(num_samples)]
-    encoded = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"], dtype=torch.long) for p in prompts]
-    batch_size = batch_size or len(prompt_index)
+def right_pad(rows, pad_id: int) -> torch.Tensor:
+    """1-D token tensors -> (B, max length), padded on the right with pad_id."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
 
+
+# ---------------------------------------------------------------------------------------------
+# Merged LoRA for rollouts
+# ---------------------------------------------------------------------------------------------
+def _lora_layers(model) -> list:
+    """The LoRA layers of a peft model whose adapter is active (not disabled, not yet merged)."""
+    from peft.tuners.lora import LoraLayer
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and not m.disable_adapters and not m.merged
+            and any(a in m.lora_A for a in m.active_adapters)]
+
+
+def can_merge_lora(model) -> bool:
+    """Whether `merged_lora` merges: a peft LoRA model, adapter on, fp32 base weights, nothing
+    quantized. A bf16 base is not merged: W + dW rounded to bf16 loses most of a small dW (bf16
+    keeps 8 bits of mantissa), so the rollout would sample a visibly different policy. A 4-bit
+    base cannot be merged without dequantizing it."""
+    layers = _lora_layers(model) if hasattr(model, "peft_config") else []
+    return bool(layers) and all(
+        isinstance(m.base_layer, torch.nn.Linear) and m.base_layer.weight.dtype == torch.float32 for m in layers)
+
+
+@contextlib.contextmanager
+def merged_lora(model):
+    """Inside: every active LoRA layer's base weight is REPLACED by a new tensor W + scale * B @ A
+    and the adapter branch is off (peft's `disable_adapter`), so a forward is one matmul per
+    weight; on exit the original weight tensors are put back untouched (not "unmerged" by
+    subtraction, which would drift by a rounding error per rollout). Costs one extra copy of the
+    adapted weights while it lasts. A no-op where `can_merge_lora` is False.
+
+    Float error: x @ (W + dW)^T rounds differently from x @ W^T + (x @ A^T) @ B^T. In fp32 the
+    log-probs differ by ~1e-6 (tests/test_generation.py bounds it at 1e-4 against the unmerged
+    `token_logprobs` of the same rows), far below the GRPO ratio's clip range."""
+    if not can_merge_lora(model):
+        yield model
+        return
+    layers = _lora_layers(model)
+    originals = [m.base_layer.weight.data for m in layers]
+    with torch.no_grad():
+        for m, w in zip(layers, originals):
+            delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
+            m.base_layer.weight.data = w + delta.to(w.dtype)
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        for m, w in zip(layers, originals):
+            m.base_layer.weight.data = w
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the next token
+# ---------------------------------------------------------------------------------------------
+def row_seeds(seed: int | list[int] | None, num_prompts: int, num_samples: int) -> list[int] | None:
+    """One seed per row: row j of prompt i gets crc32 of (prompt seed, j). An int `seed` gives
+    prompt i the prompt seed (seed, i); a list gives each prompt its own seed, so a prompt's rows
+    are the same whatever batch or position it has (synthesis seeds per problem)."""
+    if seed is None:
+        return None
+    prompt_seeds = list(seed) if isinstance(seed, (list, tuple)) else [f"{seed}/{i}" for i in range(num_prompts)]
+    if len(prompt_seeds) != num_prompts:
+        raise ValueError(f"{len(prompt_seeds)} seeds for {num_prompts} prompts")
+    return [zlib.crc32(f"{s}/{j}".encode()) for s in prompt_seeds for j in range(num_samples)]
+
+
+def sampling_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, V) logits -> (B, V) fp32 log-probs of softmax(logits / temperature); temperature 0
+    (greedy) scores at temperature 1. The distribution `token_logprobs` scores."""
+    return torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+
+
+def next_tokens(logprobs: torch.Tensor, temperature: float, top_p: float, generators: list | None) -> torch.Tensor:
+    """(B, V) log-probs -> (B,) token ids: the argmax when temperature is 0; else a draw from the
+    distribution cut to its nucleus: the smallest set of most likely tokens whose probability
+    reaches top_p (at least one token), renormalised: the rule of transformers' TopPLogitsWarper.
+    Row b draws with generators[b] (None: the global RNG)."""
+    if temperature == 0:
+        return logprobs.argmax(-1)
+    probs = logprobs.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1)  # ascending, as TopPLogitsWarper
+        drop_sorted = sorted_p.cumsum(-1) <= 1 - top_p
+        drop_sorted[:, -1] = False  # keep the most likely token
+        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The decode loop
+# ---------------------------------------------------------------------------------------------
+def _decode_group(model, prompts: list[torch.Tensor], n: int, *, temperature: float, top_p: float,
+                  max_new_tokens: int, eos: list[int], pad_id: int, generators: list | None,
+                  device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Sample n completions of each prompt (1-D id tensors). Returns per row (prompt-major) its
+    tokens and their log-probs, each cut after the first EOS."""
+    from transformers import DynamicCache
+
+    ids, mask = left_pad(prompts, pad_id)  # (P, L)
+    ids, mask = ids.to(device), mask.to(device)
+    cache = DynamicCache(config=model.config)
+    # Prefill each distinct prompt once; logits of the last position only.
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                cache=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1].repeat_interleave(n, dim=0)  # (P*n, V)
+    cache.batch_repeat_interleave(n)  # every cache layer (P, H, L, D) -> (P*n, H, L, D): copies, same values
+    mask = mask.repeat_interleave(n, dim=0)  # (B, L) attention mask of the live rows
+    live = torch.arange(len(prompts) * n, device=device)  # original row of each live row
+    eos_t = torch.tensor(eos, device=device)
+    tokens, logps = [], []  # per step: (B_live,) tokens and log-probs, with `live` at that step
+    for step in range(max_new_tokens):
+        lp = sampling_logprobs(logits, temperature)  # (B, V) fp32
+        gens = None if generators is None else [generators[i] for i in live.tolist()]
+        tok = next_tokens(lp, temperature, top_p, gens)  # (B,)
+        tokens.append((live, tok))
+        logps.append(lp.gather(-1, tok[:, None]).squeeze(-1))
+        keep = ~torch.isin(tok, eos_t)  # rows still writing
+        if step == max_new_tokens - 1 or not keep.any():
+            break
+        if not keep.all():  # finished rows leave the batch: from now on they cost nothing
+            idx = keep.nonzero().squeeze(-1)
+            cache.batch_select_indices(idx)
+            live, tok, mask = live[idx], tok[idx], mask[idx]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)  # (B, L + step + 1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                    cache=cache, use_cache=True)
+        logits = out.logits[:, -1]  # (B, V)
+    # Reassemble rows from the per-step (live rows, tokens) records.
+    B = len(prompts) * n
+    rows_tok = [[] for _ in range(B)]
+    rows_lp = [[] for _ in range(B)]
+    for (rows, tok), lp in zip(tokens, logps):
+        for r, t, l in zip(rows.tolist(), tok.tolist(), lp.tolist()):
+            rows_tok[r].append(t)
+            rows_lp[r].append(l)
+    return ([torch.tensor(t, dtype=torch.long) for t in rows_tok],
+            [torch.tensor(l, dtype=torch.float32) for l in rows_lp])
+
+
+@contextlib.contextmanager
+def _blank_generation_config(model, eos: list[int], pad_id: int):
+    """Inside: the model's generation config is a blank GenerationConfig with only its EOS, pad and
+    BOS ids, so `generate` can fill nothing from the model folder's generation_config.json."""
+    from transformers import GenerationConfig
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad_id,
+                                               bos_token_id=getattr(saved, "bos_token_id", None))
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
+def _generate_rows(model, rows: list[torch.Tensor], *, temperature, top_p, max_new_tokens, eos, pad_id,
+                   use_cache, device) -> list[torch.Tensor]:
     from transformers import GenerationConfig
     greedy = temperature == 0
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=None if greedy else temperature,
         top_p=None if greedy else top_p, top_k=None if greedy else 0,  # top_k=0: no hidden top-k cut
+        repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
         eos_token_id=eos, pad_token_id=pad_id, use_cache=use_cache)
+    ids, mask = left_pad(rows, pad_id)
+    with _blank_generation_config(model, eos, pad_id):
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config)
+    return list(out[:, ids.shape[1]:].cpu())
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temperature: float = 1.0,
+           top_p: float = 1.0, max_new_tokens: int = 256, seed: int | list[int] | None = None,
+           batch_size: int | None = None, use_cache: bool = True, engine: str = "loop",
+           merge_lora: bool = True) -> Completions:
+    """Sample `num_samples` completions for each prompt string (already chat-templated, see
+    `data.format_prompt`). temperature 0 means greedy. Rows are generated about `batch_size` at a
+    time (whole prompts with all their samples; default: all). `seed`: an int, or one per prompt
+    (see `row_seeds`); None draws from the global RNG. engine "loop" (the module docstring) or
+    "generate"; `use_cache=False` means `generate` without a KV cache (the slow baseline).
+    merge_lora: merge the adapter into the weights for the rollout where that is exact to fp32
+    rounding (`merged_lora`). Returns rows on the CPU.
+    """
+    if engine not in ("loop", "generate"):
+        raise ValueError(f"engine must be 'loop' or 'generate', got {engine!r}")
+    if not use_cache:
+        engine = "generate"
+    device = next(model.parameters()).device
+    eos = eos_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    n = num_samples
+    prompt_index = [i for i in range(len(prompts)) for _ in range(n)]
+    encoded = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"], dtype=torch.long) for p in prompts]
+    seeds = row_seeds(seed, len(prompts), n)
+    per_batch = max(1, (batch_size or len(prompt_index)) // n)  # prompts per batch
 
     was_training = model.training
-    model.eval()  # generation in eval mode: no dropout, and the KV cache works with checkpointing
-    completions = []
+    model.eval()  # no dropout, and the KV cache works with gradient checkpointing
+    completions, logprobs = [], []
     try:
-        for start in range(0, len(prompt_index), batch_size):
-            rows = [encoded[i] for i in prompt_index[start:start + batch_size]]
-            ids, mask = left_pad(rows, pad_id)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 generation_config=gen_config)
-            completions.extend(out[:, ids.shape[1]:].cpu())  # each (T_batch,)
+        with merged_lora(model) if merge_lora else contextlib.nullcontext():
+            for start in range(0, len(prompts), per_batch):
+                group = encoded[start:start + per_batch]
+                if engine == "generate":
+                    if seeds is not None:
+                        torch.manual_seed(seeds[start * n])
+                    completions += _generate_rows(model, [p for p in group for _ in range(n)],
+                                                  temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                                  eos=eos, pad_id=pad_id, use_cache=use_cache, device=device)
+                    continue
+                gens = None
+                if seeds is not None:
+                    gens = [torch.Generator(device=device).manual_seed(s)
+                            for s in seeds[start * n:(start + len(group)) * n]]
+                toks, lps = _decode_group(model, group, n, temperature=temperature, top_p=top_p,
+                                          max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id,
+                                          generators=gens, device=device)
+                completions += toks
+                logprobs += lps
     finally:
         model.train(was_training)
 
-    T = max(c.shape[0] for c in completions)
-    completion_ids = torch.full((len(completions), T), pad_id, dtype=torch.long)
-    for i, c in enumerate(completions):
-        completion_ids[i, :c.shape[0]] = c
+    completion_ids = right_pad(completions, pad_id)
     completion_mask, truncated = completion_mask_from_eos(completion_ids, eos)
-    # A batch that stopped early leaves rows shorter than T padded with pad; those rows had an
-    # EOS (that is why the batch stopped), so padding never lands inside a mask.
+    # Rows shorter than T stopped at an EOS, so the padding never lands inside a mask.
     prompt_ids, prompt_mask = left_pad([encoded[i] for i in prompt_index], pad_id)
     texts = tokenizer.batch_decode([c[m.bool()] for c, m in zip(completion_ids, completion_mask)],
                                    skip_special_tokens=True)
-    return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, texts, prompt_index)
+    lp = None
+    if logprobs:
+        lp = torch.zeros(completion_ids.shape, dtype=torch.float32)
+        for i, row in enumerate(logprobs):
+            lp[i, :len(row)] = row
+    return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, texts, prompt_index, lp)
