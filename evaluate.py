@@ -21,8 +21,11 @@ Examples:
 Method choices:
 - Greedy decoding by default (temperature 0, one sample), the usual report for small math models.
   Several samples (--num-samples k) need --temperature > 0: k greedy samples would be identical.
-- Grading is `grading.grade` (last \\boxed{}, else `#### N`, else "the answer is X"; strings, then
-  exact numbers, then Math-Verify in a time-bounded worker); each row keeps `how` it was decided.
+- Grading is `grading.grade` with --extraction eval by default: answers are read as the
+  Qwen2.5-Math harness and Math-Verify read them (last \\boxed{}, but a later explicit "final
+  answer is X" wins; answers stated in words; parts over several boxes joined), where the reward
+  and synthesis read strictly (box first). Then strings, exact numbers, Math-Verify in a
+  time-bounded worker; each row keeps `how` it was decided, summary.json the extraction.
   No extracted answer is "no_answer" (never "wrong"); an answer that cannot be parsed or times
   out is "unparseable"; both count as not correct.
 - accuracy = mean over problems of the fraction of correct samples (= the unbiased pass@1). The
@@ -43,7 +46,8 @@ Method choices:
   problem recorded in samples.jsonl.
 - --regrade recomputes every verdict from the saved completions (gold re-read from the loader
   when the benchmark still loads, so a gold-parsing fix also takes effect) and rewrites
-  samples.jsonl atomically.
+  samples.jsonl atomically, with the --extraction given (recorded in config.json, so a plain
+  rerun into the folder must then use it: mixing extractions in one table is refused).
 Deviation from the paper: its evaluation harness (prompt, grader, sampling) is not reproduced;
 numbers compare our runs with each other (same template hash and grader), not with its tables.
 """
@@ -102,6 +106,10 @@ class Config:
     """Recompute verdicts from the saved completions (no generation) and rewrite the summary."""
     bootstrap_resamples: int = 1000
     """Bootstrap resamples for the 95% interval (1000-10000)."""
+    extraction: str = "eval"
+    """How answers are read (grading.EXTRACTIONS): eval = as the Qwen2.5-Math harness and Math-Verify
+    (a later "final answer is X" beats an earlier box, answers in words, parts over several boxes);
+    strict = the box-first reading of the reward and synthesis. A grading setting: --regrade may change it."""
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -117,6 +125,8 @@ class Config:
             raise ValueError("--batch-size, --max-completion-length and --bootstrap-resamples must be >= 1")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"--limit must be >= 0 or none, got {self.limit}")
+        if self.extraction not in grading.EXTRACTIONS:
+            raise ValueError(f"--extraction must be one of {', '.join(grading.EXTRACTIONS)}, got {self.extraction!r}")
         if not benchmark_names(self.benchmarks):
             raise ValueError("--benchmarks is empty (accepted: all, offline, a benchmark name, a JSONL path)")
 
@@ -172,15 +182,28 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
 
-def grade_fields(completion: str, gold: str) -> dict:
-    """The grading columns of a sample row."""
-    result = grading.grade(completion, gold)  # how = what decided: string, number, math_verify, timeout...
+def check_same_grading(cfg: Config, config_path: Path, samples_path: Path) -> None:
+    """Refuse to add rows graded one way to rows graded another. Folders from before the
+    --extraction flag were graded box-first, i.e. strict."""
+    if not config_path.exists() or not samples_path.exists() or samples_path.stat().st_size == 0:
+        return
+    saved = json.loads(config_path.read_text()).get("extraction", "strict")
+    if saved != cfg.extraction:
+        raise RunMismatchError(f"{config_path}: the samples here were graded with --extraction {saved}, now "
+                               f"{cfg.extraction}; pass --extraction {saved}, or regrade them all first with "
+                               f"--regrade --extraction {cfg.extraction}")
+
+
+def grade_fields(completion: str, gold: str, extraction: str) -> dict:
+    """The grading columns of a sample row; extraction: "eval" | "strict" (grading.extract_answer)."""
+    result = grading.grade(completion, gold, extraction=extraction)  # how = what decided: string, number, math_verify, timeout...
     return {"extracted": result.answer, "gold": gold, "verdict": result.verdict,
             "correct": result.verdict == "correct", "how": result.how}
 
 
 def same_answer(a: str, b: str) -> bool:
-    """Two extracted answers are one vote when the grader, taking `a` as the gold, says correct."""
+    """Two extracted answers are one vote when the grader, taking `a` as the gold, says correct.
+    The answers were extracted with the run's --extraction (the rows' `extracted`)."""
     return grading.grade_answer(b, a).verdict == "correct"
 
 
@@ -291,7 +314,7 @@ def make_stamp(cfg: Config) -> dict:
         "decoding": {"greedy": cfg.temperature == 0, "temperature": cfg.temperature, "top_p": cfg.top_p,
                      "num_samples": cfg.num_samples, "max_completion_length": cfg.max_completion_length,
                      "batch_size": cfg.batch_size},
-        "seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap_resamples,
+        "extraction": cfg.extraction, "seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap_resamples,
         "versions": {pkg: version(pkg) for pkg in ("torch", "transformers", "peft", "math-verify")},
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
@@ -306,6 +329,7 @@ def render_report(summary: dict) -> str:
         f"- prompt template hash: `{st['prompt_template_hash']}`",
         f"- decoding: {decoding}, {d['num_samples']} sample(s) per problem, at most {d['max_completion_length']} "
         f"new tokens, batch size {d['batch_size']}",
+        f"- answers read with `{st.get('extraction', 'strict')}` extraction (grading.extract_answer)",
         f"- seed {st['seed']}; 95% interval: percentile bootstrap over problems, {st['bootstrap_resamples']} resamples",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
         f"- date: {st['date']}" + (" (verdicts regraded from saved completions)" if st.get("regraded") else ""), "",
@@ -358,11 +382,13 @@ def regrade(cfg: Config, out: Path) -> dict:
     for r in tqdm(rows, desc="regrade", unit="sample"):
         gold = golds.get((r["benchmark"], r["id"]), r["gold"])
         new_gold += gold != r["gold"]
-        fields = grade_fields(r["completion"], gold)
+        fields = grade_fields(r["completion"], gold, cfg.extraction)
         changed += fields["verdict"] != r.get("verdict")
         r.update(fields)
     write_atomic(samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    print(f"regraded {len(rows)} samples: {changed} verdicts changed, {new_gold} golds updated")
+    write_atomic(config_path, json.dumps({**saved, "extraction": cfg.extraction}, indent=2) + "\n")  # reruns grade alike
+    print(f"regraded {len(rows)} samples with --extraction {cfg.extraction}: {changed} verdicts changed, "
+          f"{new_gold} golds updated")
     stamp = {**make_stamp(run_cfg), "regraded": True}  # date = now; the completions are older
     summary = write_outputs(out, load_records(samples_path, run_cfg.num_samples), stamp,
                             cfg.bootstrap_resamples, run_cfg.seed)
@@ -380,6 +406,7 @@ def main(cfg: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     samples_path, config_path = out / "samples.jsonl", out / "config.json"
     check_same_settings(cfg, config_path, samples_path)
+    check_same_grading(cfg, config_path, samples_path)
     save_config(cfg, config_path)
     k = cfg.num_samples
 
@@ -417,7 +444,7 @@ def main(cfg: Config) -> dict:
             for i, text in enumerate(comp.texts):
                 name, p = batch[comp.prompt_index[i]]
                 row = {"benchmark": name, "id": p["id"], "sample": i % k, "prompt": prompts[comp.prompt_index[i]],
-                       "completion": text, **grade_fields(text, p["gold"]), "num_tokens": lengths[i],
+                       "completion": text, **grade_fields(text, p["gold"], cfg.extraction), "num_tokens": lengths[i],
                        "truncated": bool(comp.truncated[i]), "seconds": seconds / len(comp.texts)}
                 data.append_jsonl(samples_path, row)
                 correct, seen = correct + row["correct"], seen + 1

@@ -39,9 +39,10 @@ Method (the paper's exact selection rule and thresholds are not public; these ar
      prompted   --model asked (PROMPTED_INSTRUCTION below) for a solution with a subtle error;
      perturbed  the chosen with its final number (in the box and in the line just above that
                 produces it) moved to a nearby value, seeded per problem; no sampling.
-  3. Keep the candidates that are well-formed (rewards.format_check; a truncated one never is)
-     AND verified wrong (grading.is_confidently_wrong: an answer that cannot be parsed is never
-     "wrong").
+  3. Keep the negatives: rewards.negative_check, the same check as stage 1's reward: well-formed
+     (format_check; a truncated one never is), verified wrong (an answer that cannot be parsed is
+     never "wrong"), and one real wrong answer reached by its own reasoning (no hedge, no gold
+     stated anywhere, a number for a numeric gold; rewards.negative_reason).
   4. Rank: pns/prompted by stage 1's composite reward (rewards.score_completions' total, with
      --reward-weights). All kept candidates share format=1 and accuracy=1, so this is exactly the
      weighted reward-model + judge plausibility. rejection/perturbed take a uniformly random kept
@@ -401,8 +402,9 @@ def main(cfg: Config) -> dict:
         for i, group in groups.items():
             checks[i] = []
             for text, truncated in group:
-                ok, reason = rewards.format_check(text, truncated)
-                wrong = ok and grading.is_confidently_wrong(text, batch[i]["gold"])
+                # the one definition of a negative, shared with the stage-1 reward (rewards.negative_check)
+                ok, reason, graded = rewards.negative_check(text, truncated, batch[i]["gold"])
+                wrong = ok and graded.verdict == "wrong"
                 checks[i].append({"text": text, "truncated": truncated, "well_formed": ok,
                                   "format_reason": reason, "verified_wrong": wrong})
             kept[i] = [j for j, c in enumerate(checks[i]) if c["verified_wrong"]]

@@ -5,6 +5,11 @@ Model text is untrusted input, so grading is deterministic, bounded and safe:
 * `extract_answer` finds the final answer (last `\\boxed{}`, else `#### N`, else an explicit
   "the answer is X" / "Final Answer: X"). A completion without one has NO answer: a last bare
   number is never taken, so a negative generator cannot score by leaving a guess lying around.
+  Two readings, keyword `extraction` of `extract_answer`, `grade`, `is_correct` and
+  `is_confidently_wrong`: "strict" (the default: the generator's reward and synthesis, box
+  first) and "eval" (evaluate.py: as the Qwen2.5-Math harness and Math-Verify, a later explicit
+  final-answer statement beats an earlier box, answers stated in words are read, and an answer
+  split over several boxes for several parts is joined).
 * `grade_answer` compares an answer with a gold answer in three steps, cheapest first:
   1. normalised strings (`\\text{Sunday}` = `Sunday`, `p - q` = `p-q`);
   2. a pure-Python number check with `fractions.Fraction` (`\\$1,000` = `1000.0`, `004` = `4`,
@@ -15,8 +20,9 @@ Model text is untrusted input, so grading is deterministic, bounded and safe:
      The worker runs Math-Verify's LaTeX parser only, never its `ExprExtractionConfig` (that one
      calls sympy's `parse_expr`, i.e. `eval`); answers with Python-looking code (`__`, `import`,
      `lambda`, backticks...) are refused before they reach it anyway, and so are numeric power
-     towers (`9^{9^{9}}`), exponents of 5+ digits and nesting over 20 deep, which would only cost
-     a timeout and a worker restart.
+     towers (`9^{9^{9}}`), exponents of 5+ digits, factorials of 5+ digit numbers or of
+     factorials (`99999999999!`, `(10!)!`) and nesting over 20 deep, which would only cost a
+     timeout and a worker restart.
 * Every failure (too long, refused, too big, not parsed, timeout, worker crash, sympy error)
   gives the verdict "unparseable" and is counted in `STATS`; it is never a "wrong" answer. Only
   an answer that was extracted, parsed and compared unequal by every check is "wrong".
@@ -214,19 +220,144 @@ def final_boxes(text: str) -> list[str]:
     return [a for a in (_tidy(b[2]) for b in reversed(run)) if a is not None]
 
 
-def extract_answer(text: str) -> str | None:
+EXTRACTIONS = ("strict", "eval")
+# Eval only: a bold "**Final Answer**" heading with the answer on the next line, and "the final
+# answer to the question is X" (up to 100 characters between "answer" and "is", as Math-Verify).
+_EVAL_ANSWER_PHRASE = re.compile(
+    _ANSWER_PHRASE.pattern + r"|final\s++answer\s*+(?:\*\*)?[ \t]*+\n\s*+"
+    r"|(?:the\s++)?final\s++answer\b[^.\n$\\]{1,100}?\b(?:is|=)\s*+:?[ \t]*+",
+    re.IGNORECASE,
+)
+# Where an answer stated in words ends: a line break, a full stop, "I hope it is correct", a clause.
+_CLAUSE_END = re.compile(r"\n|\.(?=\s|$)|;\s|\s(?:I\s+hope|because|since|which|as\s+(?:it|this))\b", re.IGNORECASE)
+# In "the total number of apples is 18", the answer is what follows the last of these.
+_RESULT_WORD = re.compile(r"(?:\b(?:is|are|equals|be|of)\b\s*+:?|=)\s*+")
+
+
+def _check_extraction(extraction: str) -> None:
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"extraction={extraction!r}: accepted {' | '.join(EXTRACTIONS)}")
+
+
+def _math_answer(value: str) -> str | None:
+    """An answer read from prose, if it looks like one: it holds a digit or a backslash, or is a
+    choice letter like `(C)`. A plain word ("not", "yes", "clear") is never an answer."""
+    value = _tidy(re.sub(r"(?<!\\)\$", "", value).replace("\\(", "").replace("\\)", ""), ".,;:!")
+    if value and (re.search(r"[\d\\]", value) or _CHOICE.fullmatch(value)):
+        return value
+    return None
+
+
+def _stated_answer(text: str, phrase: re.Match, extraction: str) -> str | None:
+    """The answer stated right after an answer phrase ("the answer is", "Final Answer:").
+
+    strict: a math span (`$...$`, `\\(...\\)`, `\\[...\\]`, bold `**X**`) or one token.
+    eval: also an answer written over several tokens (`3 \\sqrt{2}`, `x + 1`), and the value
+    after the last "is" / "=" of a sentence ("Final Answer: The total number of apples is 18.");
+    a number followed by words keeps the number ("18 apples", "\\$18 per day")."""
+    rest = text[phrase.end() : phrase.end() + 2 * MAX_ANSWER_CHARS]
+    if text.endswith("**", 0, phrase.start()) and rest.startswith("**"):
+        rest = rest[2:].lstrip(" \t")  # the bold label's closing `**`, as in "**Final Answer:** 73"
+    delimited = _DELIMITED.match(rest)
+    if delimited:
+        value = next(g for g in delimited.groups() if g is not None)
+        return _tidy(value.replace("$", "").replace("\\(", "").replace("\\)", ""), ".,;:")
+    if extraction == "strict":
+        token = _tidy(rest.split(maxsplit=1)[0], ".,;:!") if rest.strip() else None
+        return token if token and (re.search(r"[\d\\]", token) or _CHOICE.fullmatch(token)) else None
+    clause = _CLAUSE_END.split(rest, maxsplit=1)[0].strip()
+    if re.match(r"(?:not|no|unknown|undefined)\b|\\f?box", clause, re.IGNORECASE):
+        return None  # "the answer is not 5"; "the answer is \box" (cut off, not a box _boxes reads)
+    results = list(_RESULT_WORD.finditer(clause))
+    if results and re.match(r"[A-Za-z]{2}", clause):  # a sentence: "the total ... is 18"
+        after = _math_answer(clause[results[-1].end() :])
+        clause = clause[results[-1].end() :] if after else clause
+    tokens = clause.split()
+    if tokens and _number(_clean(tokens[0].rstrip(".,;:!"))) is not None \
+            and not re.search(r"[\d\\=+*/^]", " ".join(tokens[1:])):
+        return _math_answer(tokens[0])  # a number and its unit words
+    return _math_answer(clause)
+
+
+def _last_statement(text: str, extraction: str, after: int = 0) -> str | None:
+    """The answer of the last answer phrase at or after position `after` that states one."""
+    phrases = [m for m in (_EVAL_ANSWER_PHRASE if extraction == "eval" else _ANSWER_PHRASE).finditer(text)
+               if m.start() >= after]
+    if extraction == "strict":  # only the last phrase counts: "the answer is not 5" ends it
+        return _stated_answer(text, phrases[-1], extraction) if phrases else None
+    for phrase in reversed(phrases[-_MAX_JOINED_BOXES:]):  # the last 20 phrases: bounded time
+        answer = _stated_answer(text, phrase, extraction)
+        if answer is not None:
+            return answer
+    return None
+
+
+def answer_turn(text: str) -> str:
+    """The part of a completion that is read for its answer: the model's answer turn, cut at its
+    first end-of-turn token (see `extract_answer`)."""
+    return _answer_turn(text)
+
+
+# Boxes offered as alternatives: `\boxed{18} or \boxed{19}`, `$\boxed{18}$, or perhaps $\boxed{19}$`.
+_ALTERNATIVE_GAP = re.compile(
+    r"(?:\s|[,;/$]|\\[()\[\]]|\\q?quad|\\[,;:! ]|\\text\{\s*+or\s*+\}|\b(?:maybe|perhaps|possibly|either)\b)*+"
+    r"\bor\b(?:\s|[,;/$]|\\[()\[\]]|\b(?:maybe|perhaps|possibly|even)\b)*+",
+    re.IGNORECASE,
+)
+
+
+def box_gap(gap: str) -> str:
+    """What the text between two boxes makes of them: "list" (commas, "and", spaces, `$`: parts
+    of one answer, `\\boxed{1}, \\boxed{2}`), "alternatives" (an "or": `\\boxed{18} or \\boxed{19}`),
+    or "" (any other text: separate answers, e.g. a revision)."""
+    if len(gap) <= _MAX_BOX_GAP and _BOX_GAP.fullmatch(gap):
+        return "list"
+    if len(gap) <= _MAX_BOX_GAP and _ALTERNATIVE_GAP.fullmatch(gap):
+        return "alternatives"
+    return ""
+
+
+def boxes_of(text: str) -> list[tuple[int, int, str]]:
+    """The closed, non-empty boxes of the answer turn (`answer_turn(text)`), in order, as
+    (start, end, content) with positions in the answer turn (end just past the closing brace)."""
+    return [(b[0], b[1], a) for b in _boxes(_answer_turn(text)) if b[2] is not None for a in [_tidy(b[2])] if a]
+
+
+def answer_statements(text: str) -> list[tuple[int, str]]:
+    """Every answer the answer turn (`answer_turn(text)`) states, in order, as (start, answer)
+    with start a position in the answer turn: each closed, non-empty box, and each explicit answer
+    statement ("the answer is 18", "Final Answer: 18", `#### 18`) read as `extract_answer` reads
+    one (strict). Used by rewards' negative rules: a negative must not state the gold anywhere."""
+    turn = _answer_turn(text)
+    found = [(start, answer) for start, _, answer in boxes_of(text)]
+    for m in _GSM8K_ANSWER.finditer(turn):
+        answer = _tidy(m.group(1), ".,;:")
+        if answer:
+            found.append((m.start(), answer))
+    for phrase in _ANSWER_PHRASE.finditer(turn):
+        answer = _stated_answer(turn, phrase, "strict")
+        if answer is not None and not answer.startswith(("\\boxed", "\\fbox")):  # a box is listed already
+            found.append((phrase.start(), answer))
+    return sorted(found)
+
+
+def extract_answer(text: str, *, extraction: str = "strict") -> str | None:
     """The final answer of a completion, as a string, or None when there is none.
 
-    In order of precedence:
+    extraction="strict" (the default; the generator's reward and synthesis), in order of precedence:
     1. the content of the LAST `\\boxed{...}` (braces nest; `\\fbox{}` and a bare `\\boxed 5` too);
     2. else the last GSM8K-style `#### N`;
     3. else the last explicit "the (final) answer is X", "Final Answer: X" or "Answer: X", where X
        is `$...$`, `\\(...\\)`, `\\[...\\]`, bold `**X**`, or a single token that holds a digit or a
        backslash or is a choice letter like `(C)`.
+    extraction="eval" (evaluate.py), as the Qwen2.5-Math harness and Math-Verify read answers:
+    an explicit final-answer statement AFTER the last box wins over that box (the box was an
+    intermediate step); statements are read over several tokens and from sentences
+    ("Final Answer: The total is 18."), also after a "**Final Answer**" heading; otherwise as strict.
     Only the answer turn is read: the text is cut at its first end-of-turn token (`<|im_end|>`,
     `<|endoftext|>`, `</s>`...).
 
-    NOT extracted, on purpose:
+    NOT extracted, on purpose, in either mode:
     * a last bare number or expression with no box and no answer phrase: a guess lying in the
       text must not count as an answer (a negative generator would learn to leave one);
     * an unclosed last box (`\\boxed{12` at the end of a truncated completion): the answer was cut
@@ -235,29 +366,19 @@ def extract_answer(text: str) -> str | None:
     * empty boxes; a plain word after "the answer is" (`the answer is not 5`, `the answer is yes`),
       which would otherwise parse as a product of letters.
     """
+    _check_extraction(extraction)
     text = _answer_turn(text)
     boxes = [b for b in _boxes(text) if b[2] is None or b[2].strip()]
+    if boxes and extraction == "eval" and boxes[-1][2] is not None:
+        later = _last_statement(text, extraction, after=boxes[-1][1])
+        if later is not None:
+            return later
     if boxes:
         return None if boxes[-1][2] is None else _tidy(boxes[-1][2])
     gsm8k = _GSM8K_ANSWER.findall(text)
     if gsm8k:
         return _tidy(gsm8k[-1], ".,;:")
-    phrase = None
-    for phrase in _ANSWER_PHRASE.finditer(text):
-        pass
-    if phrase is None:
-        return None
-    rest = text[phrase.end() : phrase.end() + 2 * MAX_ANSWER_CHARS]
-    if text[: phrase.start()].endswith("**") and rest.startswith("**"):
-        rest = rest[2:].lstrip(" \t")  # the bold label's closing `**`, as in "**Final Answer:** 73"
-    delimited = _DELIMITED.match(rest)
-    if delimited:
-        value = next(g for g in delimited.groups() if g is not None)
-        return _tidy(value.replace("$", "").replace("\\(", "").replace("\\)", ""), ".,;:")
-    token = _tidy(rest.split(maxsplit=1)[0], ".,;:!") if rest.strip() else None
-    if token and (re.search(r"[\d\\]", token) or _CHOICE.fullmatch(token)):
-        return token
-    return None
+    return _last_statement(text, extraction)
 
 
 # =============================================================================================
@@ -270,8 +391,11 @@ _UNSAFE = re.compile(
 # Well-formed but ruinous for sympy (minutes, gigabytes): a numeric power tower of height 3+
 # (9^{9^{9}}, 10**10**10) or an exponent of 5+ digits. Refused up front, so that a generator that
 # learns to emit them cannot stall training for WORKER_TIMEOUT_S plus a worker restart each time.
+# Likewise a factorial of a number of 5+ digits (`99999999999!`: 10^12 digits) or of a factorial
+# (`(10!)!`). An expensive answer no cheap rule recognises ((10^7)!) still meets the worker timeout.
 _TOO_BIG = re.compile(
     r"\d\s*(?:\^|\*\*)\s*\{?\s*\d+\s*(?:\^|\*\*)\s*\{?\s*\d|(?:\^|\*\*)\s*\{?\s*[+-]?\d{5}"
+    r"|\d{5}\s*+(?:\\right\s*+)?[)}\]]*+\s*+!|!\s*+(?:\\right\s*+)?[)}\]]++\s*+!"
 )
 _MAX_NESTING = 20  # brace/bracket depth; real answers stay under ~6
 _TEXT_UNIT = re.compile(r"\s*\\(?:text|mbox|mathrm|textrm|rm)\s*\{[^{}]*\}(?:\s*\^\s*\{?\d\}?)?\s*$")
@@ -704,43 +828,104 @@ def grade_answer(answer: str, gold: str) -> Grade:
     return Grade(hit[0], answer, hit[1])
 
 
-def grade(pred_text: str, gold: str) -> Grade:
+def grade(pred_text: str, gold: str, *, extraction: str = "strict") -> Grade:
     """Grade a full model completion against a gold answer.
 
-    The last box (or `####`, or answer phrase, see `extract_answer`) is compared first; if it is
+    The final answer (`extract_answer(pred_text, extraction=...)`) is compared first; if it is
     not correct and the completion ends with several boxes joined by commas/"and"
-    (`\\boxed{1}, \\boxed{2}`), they are compared again as one list. The verdict is "correct" if
-    either is, "no_answer" if nothing was extracted, "wrong" only if every comparison made said
-    wrong, else "unparseable"."""
+    (`\\boxed{1}, \\boxed{2}`), they are compared again as one list. With extraction="eval" an
+    answer split over several boxes for several parts ("(a) ... \\boxed{5}. (b) ... \\boxed{7}")
+    is also compared: the last n boxes joined, n the number of parts of the gold (`5, 7`: 2).
+    The verdict is "correct" if any comparison is, "no_answer" if nothing was extracted,
+    "wrong" only if every comparison made said wrong, else "unparseable"."""
     if not isinstance(pred_text, str):
         raise TypeError(f"pred_text must be str, got {type(pred_text).__name__}")
-    answer = extract_answer(pred_text)
+    answer = extract_answer(pred_text, extraction=extraction)
     if answer is None:
         return Grade("no_answer", None, "not_extracted")
     result = grade_answer(answer, gold)
     if result.verdict == "correct":
         return result
+    joined = []
     boxes = final_boxes(pred_text)
-    if len(boxes) < 2:
-        return result
-    joined = grade_answer(", ".join(boxes), gold)
-    if joined.verdict == "correct":
-        return joined
-    if result.verdict == "wrong" and joined.verdict != "wrong":
-        return joined  # "wrong" needs every comparison to say so
+    if len(boxes) >= 2 and boxes[-1] == answer:
+        joined.append(", ".join(boxes))
+    if extraction == "eval":
+        parts = len(_gold_parts(gold))
+        every = boxes_of(pred_text)[-parts:]
+        turn = _answer_turn(pred_text)
+        alternatives = any(box_gap(turn[a[1] : b[0]]) == "alternatives" for a, b in zip(every, every[1:]))
+        if 2 <= parts <= _MAX_JOINED_BOXES and len(every) == parts and every[-1][2] == answer and not alternatives:
+            joined.append(", ".join(b[2] for b in every))  # not `\boxed{1} or \boxed{2}`: alternatives
+    for candidate in dict.fromkeys(joined):
+        other = grade_answer(candidate, gold)
+        if other.verdict == "correct":
+            return other
+        if result.verdict == "wrong" and other.verdict != "wrong":
+            result = other  # "wrong" needs every comparison to say so
     return result
 
 
-def is_correct(pred_text: str, gold: str) -> bool:
+def _gold_parts(gold: str) -> list[str]:
+    """The parts of a gold answer listed with commas: `5, 7` and `\\{1, 2\\}` have 2, `18` and
+    `(3, \\frac{\\pi}{2})` (a tuple, written in one box) 1."""
+    s = _clean(gold)
+    if s.startswith("\\{") and s.endswith("\\}"):
+        s = s[2:-2]
+    return [part for part in _split_top_level(s) if part.strip()]
+
+
+def is_correct(pred_text: str, gold: str, *, extraction: str = "strict") -> bool:
     """Whether the completion's final answer is equivalent to gold (see `grade`)."""
-    return grade(pred_text, gold).verdict == "correct"
+    return grade(pred_text, gold, extraction=extraction).verdict == "correct"
 
 
-def is_confidently_wrong(pred_text: str, gold: str) -> bool:
+def is_confidently_wrong(pred_text: str, gold: str, *, extraction: str = "strict") -> bool:
     """Whether an answer was extracted and parsed and is not equivalent to gold under every check.
     No answer, an answer too long or refused, a parse failure or a timeout are all False: a
-    negative sample must be a real wrong answer, never a format failure."""
-    return grade(pred_text, gold).verdict == "wrong"
+    negative sample must be a real wrong answer, never a format failure. (Whether a wrong
+    completion is a NEGATIVE, one final answer reached by its own reasoning, is decided by
+    rewards.negative_check on top of this verdict.)"""
+    return grade(pred_text, gold, extraction=extraction).verdict == "wrong"
+
+
+# =============================================================================================
+# Answer shapes, for the negative rules of pns_mini.rewards
+# =============================================================================================
+# What may stand in a single number besides digits: fractions, roots, pi, products, functions.
+_NUMERIC_COMMANDS = re.compile(
+    r"\\(?:frac|sqrt|pi|cdot|times|div|binom|log|ln|exp|sin|cos|tan|cot|sec|csc)(?![A-Za-z])"
+)
+# Alternatives inside one answer: "18 or 19", `18 \text{ or } 19`, `18 \lor 19`, `18 \pm 1`.
+_ALTERNATIVE = re.compile(r"\b(?:or|and)\b|\\(?:lor|vee|pm|mp)(?![A-Za-z])|;")
+
+
+def is_numeric(answer: str) -> bool:
+    """Whether `answer` is ONE number, written plainly or as an expression of numbers: `18`,
+    `\\$18`, `18 \\text{ apples}`, `-\\frac{3}{4}`, `2\\sqrt{3}`, `3\\pi`, `5!`, `10^{6}`, `x = 18`,
+    `\\binom{5}{2}`, `\\log_2 8`. Not: a symbol or expression with a variable (`x`, `ab`, `2x`), a
+    word (`five`), a list (`18, 19`), alternatives (`18 \\text{ or } 19`), a tuple, an interval,
+    `\\infty`, or nothing."""
+    s = _clean(answer)
+    assignment = _ASSIGNMENT.fullmatch(s)
+    if assignment:
+        s = assignment.group(1).strip()
+    if _number(s) is not None:
+        return True
+    if "," in s or _ALTERNATIVE.search(_TEXT_WRAP.sub(r" \1 ", s)):
+        return False
+    rest = _SCIENTIFIC.sub("1", _NUMERIC_COMMANDS.sub(" ", s))
+    return bool(re.search(r"\d|\\pi", s)) and not re.search(r"[A-Za-z\\]", rest)
+
+
+def answer_values(answer: str) -> int:
+    """How many values an answer offers: 1 for `18` or `(3, 4)` (one tuple), 2 for `18, 19`,
+    `\\{18, 19\\}`, `18 \\text{ or } 19`, `18 \\pm 1`, `x = 18 \\text{ and } x = 19`. 0 for none."""
+    s = _TEXT_WRAP.sub(r" \1 ", _clean(answer))
+    if s.startswith("\\{") and s.endswith("\\}"):
+        s = s[2:-2]
+    parts = [p for p in _split_top_level(s) if p.strip()]
+    return sum(1 + len(_ALTERNATIVE.findall(p)) for p in parts)
 
 
 if __name__ == "__main__":

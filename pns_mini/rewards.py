@@ -3,8 +3,10 @@ r"""The negative generator's reward: four named components and the gated composi
 Stage 1 of PNS trains a generator by reverse RL: it is rewarded for solutions that are WRONG
 but look right. The paper gives the parts of its reward; the weights and the gating are ours:
 
-    format        1 if the completion is a well-formed solution (see `format_check`), else 0
-    accuracy      1 if its final answer is verified WRONG (accuracy inversion), else 0
+    format        1 if the completion is a well-formed solution (see `format_check`) and, when
+                  its answer is wrong, a real negative (see `negative_reason`), else 0
+    accuracy      1 if its final answer is verified WRONG and a real negative (accuracy
+                  inversion), else 0
     reward_model  a reward model's score of the solution, normalised to [0, 1]
     judge         an LLM judge's rubric score of the reasoning, normalised to [0, 1]
 
@@ -18,6 +20,15 @@ total. The anti-hacking choices sit next to the rules below; in short:
 * An answer that cannot be found or parsed is a FORMAT failure, never a "wrong answer" win:
   `accuracy` is 1 only for grading's "wrong" verdict (extracted, parsed, and unequal to the gold
   under every check); "no_answer" and "unparseable" get the malformed penalty instead.
+* A negative is ONE real wrong answer reached by its own reasoning (`negative_check`, the one
+  definition, also used by synthesis): a number for a numeric gold, no hedge (`\boxed{18} or
+  \boxed{19}`, `\boxed{18, 19}`), no box or answer statement equal to the gold anywhere, nothing
+  after the final box taking it back, and not the gold as the result stated just before boxing
+  something else. A wrong completion that breaks one of these is a FORMAT failure with its own
+  reason (NEGATIVE_REASONS, logged as format_fail/<reason>): format 0, accuracy 0, total
+  `malformed_penalty`. Paying a hedge as a wrong answer would teach the generator to hedge and
+  contradict itself, and a DPO pair built on it would push the correct answer down too. A
+  CORRECT completion is judged by `format_check` alone, so its reward is unchanged.
 * Format gates everything: a malformed completion gets `malformed_penalty` (-1) whatever its
   other scores, so the generator cannot trade format for plausibility.
 * Plausibility counts only for verified-wrong answers (`plausibility_only_when_wrong`), so a
@@ -58,8 +69,10 @@ MAX_REPEAT_RATIO = 0.5  # at most half of the word 4-grams may be repeats of ear
 MIN_REASONING_WORDS = 10  # words (\w+ runs, so "3*4=12" is 3) before the final \boxed
 MAX_TRAILING_CHARS = 30  # non-space, non-punctuation characters allowed after the final box
 
+# The rules a wrong answer must pass to be a negative (`negative_reason`), in the order checked.
+NEGATIVE_REASONS = ("several_answers", "not_a_number", "gold_stated", "answer_after_box", "gold_before_box")
 FORMAT_REASONS = ("truncated", "too_long", "too_short", "repetition", "no_boxed", "unparseable",
-                  "no_reasoning_before_answer", "text_after_answer")
+                  "no_reasoning_before_answer", "text_after_answer", *NEGATIVE_REASONS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,14 +154,116 @@ def format_reward(completion: str, truncated: bool, **kw) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Accuracy inversion
+# What a negative is: one real wrong answer, reached by its own reasoning
 # ---------------------------------------------------------------------------------------------
+# Words after the final box that take it back or offer another answer.
+_TAKEN_BACK = re.compile(r"\b(?:or|actually|instead|rather|wait|otherwise|maybe|perhaps)\b", re.IGNORECASE)
+# A plain number in prose, not an exponent, index or part of a word or command (x^2, a_1, \frac12).
+_PROSE_NUMBER = re.compile(r"(?<![\w^_{.\\])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w.]*\d)")
+# A stated RESULT: the right-hand side of an "=" (`= 18`, `= \frac{19}{2}`), or a number that ends
+# a clause ("he has 18 apples.", "18,", "$18$"). "he has 22 - 4 = 18 apples, so" states 18;
+# "adding 6 to 18 gives" states nothing.
+_ENDS_CLAUSE = re.compile(r"(?:\s*+[A-Za-z]{2,}){0,2}\s*+(?:[.,;:!?\n]|\$|\\[\])]|\*\*)")
+_RIGHT_HAND_SIDE = re.compile(r"=\s*+([^=$\n,;]*?)(?=\s[A-Za-z]{2}|[=$\n,;]|\\[\])]|\.(?:\s|$)|$)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
+_MAX_STATEMENTS = 8  # the last 8 other boxes and answer statements are compared with the gold (time bound)
+
+
+def _last_result(text: str) -> str | None:
+    """The last result `text` states (see _RIGHT_HAND_SIDE and _ENDS_CLAUSE), or None."""
+    found = [(m.start(), m.group()) for m in _PROSE_NUMBER.finditer(text) if _ENDS_CLAUSE.match(text, m.end())]
+    found += [(m.start(), m.group(1).strip()) for m in _RIGHT_HAND_SIDE.finditer(text) if re.search(r"\d", m.group(1))]
+    return max(found)[1] if found else None
+
+
+def negative_reason(completion: str, gold: str) -> str:
+    r"""Why a completion whose answer grading calls "wrong" is NOT a negative sample, or "" when it
+    is one. The rules (NEGATIVE_REASONS), checked in this order against the answer turn:
+
+    "several_answers"  the final answer offers more than one: boxes side by side or joined by "or"
+                  (`\boxed{19} \boxed{20}`, `\boxed{18} or \boxed{19}`), or one box holding
+                  several values (`18, 19`, `18 \text{ or } 19`, `18 \pm 1`) when the gold is one
+                  value. Boxes listed with commas/"and" are fine for a gold of several values.
+    "not_a_number" the gold is a number but the answer is not (grading.is_numeric): `\boxed{x}`,
+                  `\boxed{ab}`, `\boxed{2x}`. Any number counts, `\frac{5}{2}` against 18 too (a
+                  boxed word such as `five` is already "unparseable" for grading).
+    "gold_stated"  a box or answer statement ANYWHERE ("the answer is 18", `#### 18`, an earlier
+                  `\boxed{18}` "revised" later) is equivalent to the gold: a hedge, and a DPO pair
+                  built on it would push the correct answer down as well.
+    "answer_after_box"  after the final box, a number other than its value, or a word taking it
+                  back ("or", "actually", "wait", "instead"...): `\boxed{19}, or maybe 20`.
+    "gold_before_box"  (numeric gold) the last result the text states before the final box, in
+                  the box's sentence and the one before it, is the gold: `22 - 4 = 18 apples.
+                  The final answer is \boxed{24}` did not reach 24 by its own reasoning.
+
+    Still negatives: an arithmetic slip carried to the end, a wrong operation, a misread question,
+    an invented step (the gold may appear mid-reasoning as long as the steps after it lead away
+    from it to the boxed value), a `$`-wrapped box, a fraction against an integer gold, and a
+    solution that revises one wrong boxed value into another. Rules 1, 4 and 5 read boxes; a
+    completion without one is a format failure ("no_boxed") anyway. No torch, no model: regexes
+    and grading's comparisons (numbers mostly take its fast path)."""
+    answer = grading.extract_answer(completion)
+    boxes = grading.boxes_of(completion)
+    turn = grading.answer_turn(completion)
+    single_gold = grading.answer_values(gold) == 1
+    if answer is not None and boxes:
+        final = boxes[-1]
+        if single_gold and grading.answer_values(final[2]) > 1:
+            return "several_answers"
+        if len(boxes) >= 2:
+            joined = grading.box_gap(turn[boxes[-2][1] : final[0]])
+            if joined == "alternatives" or (joined == "list" and single_gold):
+                return "several_answers"
+    if answer is not None and grading.is_numeric(gold) and not grading.is_numeric(answer):
+        return "not_a_number"
+    stated = dict.fromkeys(a for _, a in grading.answer_statements(completion) if a != answer)  # distinct, in order
+    if any(grading.grade_answer(a, gold).verdict == "correct" for a in list(stated)[-_MAX_STATEMENTS:]):
+        return "gold_stated"
+    if not boxes or answer is None:
+        return ""
+    start, end, value = boxes[-1]
+    trailer = turn[end : end + 1000]
+    if _TAKEN_BACK.search(trailer) or any(grading.grade_answer(m.group(), value).verdict != "correct"
+                                          for m in _PROSE_NUMBER.finditer(trailer)):
+        return "answer_after_box"
+    if grading.is_numeric(gold):
+        sentences = [s for s in _SENTENCE_END.split(turn[max(0, start - 2000) : start]) if re.search(r"\w", s)]
+        result = _last_result(" ".join(sentences[-2:]) + " ")
+        if result is not None and grading.grade_answer(result, gold).verdict == "correct":
+            return "gold_before_box"
+    return ""
+
+
+def negative_check(completion: str, truncated: bool, gold: str, **format_kw) -> tuple[bool, str, grading.Grade]:
+    """(well_formed, reason, grade): THE check of a completion, used by the stage-1 reward
+    (`score_completions`) and by synthesis. It is a negative sample iff well_formed and
+    grade.verdict == "wrong".
+
+    well_formed: `format_check` passes, grading could compare the answer with the gold (verdict
+    "correct" or "wrong", else reason "unparseable"), and, for a wrong answer, `negative_reason`
+    finds nothing. reason: "" or the first failed rule's code (FORMAT_REASONS). A correct answer
+    is judged by format_check alone: the new rules decide only what counts as a negative.
+    format_kw: format_check's thresholds."""
+    ok, reason = format_check(completion, bool(truncated), **format_kw)
+    graded = grading.grade(completion, gold)
+    if ok and graded.verdict not in ("correct", "wrong"):
+        ok, reason = False, "unparseable"  # a box the grader cannot compare is a format failure
+    if ok and graded.verdict == "wrong":
+        why = negative_reason(completion, gold)
+        if why:
+            ok, reason = False, why
+    return ok, reason, graded
+
+
 def accuracy_inversion_reward(completion: str, gold: str) -> float:
     """1.0 when the final answer is verified wrong (grading.is_confidently_wrong: extracted,
-    parsed, and unequal to `gold` under every check), 0.0 otherwise. A correct answer gets 0.0.
-    No extracted answer, or one the grader cannot parse, also gets 0.0: that is a FORMAT failure,
-    never an inversion win (otherwise the cheapest "wrong answer" would be no answer at all)."""
-    return 1.0 if grading.is_confidently_wrong(completion, gold) else 0.0
+    parsed, and unequal to `gold` under every check) AND passes the negative rules
+    (`negative_reason`: one answer, of the gold's kind, no gold stated anywhere...), else 0.0.
+    A correct answer gets 0.0. No extracted answer, or one the grader cannot parse, also gets
+    0.0: that is a FORMAT failure, never an inversion win (otherwise the cheapest "wrong answer"
+    would be no answer at all), and so is a hedge like `\boxed{18} or \boxed{19}`. Independent
+    of format_check's gold-free rules (a truncated real wrong answer still scores 1.0 here)."""
+    return 1.0 if grading.is_confidently_wrong(completion, gold) and not negative_reason(completion, gold) else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,13 +330,16 @@ def score_completions(completions: list[str], golds: list[str], truncated: list[
     """Grade and score a batch of completions. One dict per completion:
 
     total         the composite reward (gated, see `composite_reward`)
-    format        1.0 / 0.0: format_check passed AND grading could compare the answer
-    accuracy      1.0 when the verdict is "wrong" (= accuracy_inversion_reward), else 0.0
+    format        1.0 / 0.0: `negative_check`'s well_formed (format_check passed, grading could
+                  compare the answer, and a wrong answer is a real negative)
+    accuracy      1.0 when the verdict is "wrong" and the negative rules pass
+                  (= accuracy_inversion_reward), else 0.0
     reward_model  the normalised reward-model score, 0.0 when rm_scores is None (scorer off)
     judge         the normalised judge score, 0.0 when judge_scores is None (judge off)
     answer        the extracted answer, or None
-    verdict       grading's verdict: "correct" | "wrong" | "no_answer" | "unparseable"
-    format_reason "" or the failed rule's code (FORMAT_REASONS)
+    verdict       grading's verdict: "correct" | "wrong" | "no_answer" | "unparseable" (a refused
+                  negative keeps "wrong": its format_reason says why it is not a negative)
+    format_reason "" or the failed rule's code (FORMAT_REASONS, NEGATIVE_REASONS included)
 
     Components are reported even where the gating leaves them out of `total`, so they can be
     logged. rm_scores / judge_scores must already be in [0, 1] (the scorers' __call__).
@@ -235,13 +353,12 @@ def score_completions(completions: list[str], golds: list[str], truncated: list[
     w = resolve_weights(weights)
     rows = []
     for i, (completion, gold) in enumerate(zip(completions, golds)):
-        ok, reason = format_check(completion, bool(truncated[i]), **format_kw)
-        graded = grading.grade(completion, gold)
-        if ok and graded.verdict not in ("correct", "wrong"):
-            ok, reason = False, "unparseable"  # a box the grader cannot compare is a format failure
-        wrong = graded.verdict == "wrong"
+        ok, reason, graded = negative_check(completion, bool(truncated[i]), gold, **format_kw)
+        # a real wrong answer (= accuracy_inversion_reward, from the one grade() call): a refused
+        # negative is a format failure AND earns no accuracy, whatever format_check said
+        wrong = graded.verdict == "wrong" and reason not in NEGATIVE_REASONS and (ok or not negative_reason(completion, gold))
         components = {"format": 1.0 if ok else 0.0,
-                      "accuracy": 1.0 if wrong else 0.0,  # = accuracy_inversion_reward, from the one grade() call
+                      "accuracy": 1.0 if wrong else 0.0,
                       "reward_model": rm[i], "judge": judge[i]}
         total = composite_reward(components, w, format_ok=ok, wrong=wrong, malformed_penalty=malformed_penalty,
                                  plausibility_only_when_wrong=plausibility_only_when_wrong)

@@ -2,7 +2,8 @@
 examples; majority voting groups equivalent answers; and runs of `main()` on the tiny random
 model: every benchmark plus `offline` (3 problems each, local data) writes all outputs, a rerun
 resumes without generating (also after a torn last line), more problems extend the run, other
-decoding settings are refused, --regrade recomputes verdicts from the saved completions, greedy
+decoding settings are refused, --regrade recomputes verdicts from the saved completions (also
+with another --extraction, which a plain rerun may not mix in), greedy
 results do not depend on the batch size, and k > 1 gives pass@k and maj@k (hand-computed from
 scripted completions, and a real sampled run)."""
 import json
@@ -196,6 +197,27 @@ def test_regrade_recomputes_verdicts(smoke_run, tmp_path, data_dir, monkeypatch)
     gsm8k = [r for r in regraded if r["benchmark"] == "gsm8k"]
     assert summary["benchmarks"]["gsm8k"]["accuracy"] == pytest.approx(sum(r["correct"] for r in gsm8k) / 3)
     assert summary["stamp"]["model"] == smoke_run[1]["stamp"]["model"] and summary["stamp"]["regraded"]
+
+
+def test_regrade_with_another_extraction(smoke_run, tmp_path, varied_model_dir, data_dir, monkeypatch):
+    """--extraction is a grading setting: --regrade may change it, a plain rerun may not mix two."""
+    assert smoke_run[1]["stamp"]["extraction"] == "eval"  # the default, recorded in summary.json
+    out = copy_run(smoke_run, tmp_path)
+    rows = rows_of(out)
+    gold = rows[0]["gold"]  # an intermediate box, then the final answer in words (eval reads it)
+    rows[0]["completion"] += f" First x = \\boxed{{{gold}0}}.\n\nFinal Answer: The final answer is {gold}."
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    no_generation(monkeypatch)
+    summary = evaluate.main(Config(output_dir=str(out), data_dir=data_dir, regrade=True, extraction="strict"))
+    assert rows_of(out)[0]["verdict"] == "wrong" and summary["stamp"]["extraction"] == "strict"
+    assert "`strict` extraction" in (out / "report.md").read_text()
+    with pytest.raises(evaluate.RunMismatchError, match="graded with --extraction strict, now eval"):
+        evaluate.main(tiny_cfg(varied_model_dir, data_dir, out))  # the default (eval) would mix them
+    summary = evaluate.main(Config(output_dir=str(out), data_dir=data_dir, regrade=True))
+    assert rows_of(out)[0]["verdict"] == "correct" and summary["stamp"]["extraction"] == "eval"
+    evaluate.main(tiny_cfg(varied_model_dir, data_dir, out))  # graded alike again: resumes
+    with pytest.raises(ValueError, match="--extraction must be one of strict, eval"):
+        Config(extraction="loose")
 
 
 def test_greedy_does_not_depend_on_batch_size(smoke_run, tmp_path, varied_model_dir, data_dir):

@@ -10,10 +10,13 @@ What is checked:
   boxes for find-all problems, and realistic messy completions. `is_correct` and
   `is_confidently_wrong` agree with the verdict on every row.
 * The relative tolerance for decimals: `6.283185` ~ `2\\pi`, `0.333333` ~ `1/3`, `0.333` !~ `1/3`.
+* Evaluation extraction (extraction="eval"): answers stated in words, a final-answer statement
+  after an intermediate box, parts over several boxes; every strict row reads the same under it.
+* Answer shapes for the negative rules: `is_numeric`, `answer_values`.
 * Safety: code in an answer is never executed (a file it would create does not appear); power
-  towers, 10**10**10, deep nesting and 2 MB inputs return at once, refused before sympy; an
-  expensive well-formed answer ((10^7)!) hits the worker timeout, also when graded from a thread,
-  and the worker is replaced.
+  towers, 10**10**10, factorials of huge numbers, deep nesting and 2 MB inputs return at once,
+  refused before sympy; an expensive well-formed answer ((10^7)!) hits the worker timeout, also
+  when graded from a thread, and the worker is replaced.
 * Counters: refusals and worker timeouts are counted in STATS, and the fast path decides plain
   numbers without the worker.
 """
@@ -227,6 +230,88 @@ def test_grade_reports_the_answer_that_decided():
 
 
 # =============================================================================================
+# Evaluation extraction (extraction="eval"): as the Qwen2.5-Math harness and Math-Verify read answers
+# =============================================================================================
+DUCKS = ("Janet's ducks lay 16 eggs a day. She eats 3 and bakes with 4, so 16 - 3 - 4 = 9 are left, "
+         "and at $2 each she makes 9 * 2 = 18 dollars.\n\n")
+
+EVAL_GRADING = [  # (completion, gold, strict verdict, eval verdict)
+    # --- a final answer stated in words, no box ---
+    pytest.param(DUCKS + "Final Answer: The amount Janet makes every day at the farmers' market is 18 dollars.",
+                 "18", "no_answer", "correct", id="final-answer-sentence"),
+    pytest.param("The diagonal of a square of side 3 is $\\sqrt{3^2 + 3^2} = \\sqrt{18}$, which simplifies. "
+                 "So the answer is 3 \\sqrt{2}.", "3\\sqrt{2}", "wrong", "correct", id="answer-over-two-tokens"),
+    pytest.param("Multiplying the two results, $6 \\times 7 = 42$.\n\n**Final Answer**\n\\[ 42 \\]", "42",
+                 "no_answer", "correct", id="final-answer-heading"),
+    pytest.param("There are 6 rows of 7 chairs, so the final answer to the question is 42.", "42",
+                 "no_answer", "correct", id="final-answer-to-the-question-is"),
+    pytest.param("Each of the 3 friends gets 12 / 3 = 4 cookies.\nThe answer is 4 cookies per friend.", "4",
+                 "correct", "correct", id="number-then-unit-words"),
+    # --- a later explicit final-answer statement beats an earlier, intermediate box ---
+    pytest.param("First we find the width: $w = \\boxed{4}$. The length is $w + 6 = 10$.\n\n"
+                 "Final Answer: The final answer is $10$. I hope it is correct.", "10", "wrong", "correct",
+                 id="minerva-statement-after-intermediate-box"),
+    pytest.param("The common difference is $\\boxed{3}$, so the fifth term is $0 + 4 \\cdot 3 = 12$. "
+                 "Therefore, the final answer is 12.", "12", "wrong", "correct", id="statement-after-box"),
+    pytest.param("So the total is \\boxed{18}.\n\nFinal Answer: The final answer is 20. I hope it is correct.",
+                 "18", "correct", "wrong", id="later-statement-wins-even-when-wrong"),
+    pytest.param("\\boxed{5} is what I get. The answer is clear now.", "5", "correct", "correct",
+                 id="statement-without-a-value-keeps-the-box"),
+    # --- an answer split over several boxes for several parts ---
+    pytest.param("(a) The train covers 60 km in 4 hours, so its speed is \\boxed{15} km/h.\n\n"
+                 "(b) At that speed 60 km more take 60 / 15 = \\boxed{4} hours.", "15, 4", "wrong", "correct",
+                 id="two-parts-two-boxes"),
+    pytest.param("(a) The train covers 60 km in 4 hours, so its speed is \\boxed{15} km/h.\n\n"
+                 "(b) At that speed 60 km more take 60 / 15 = \\boxed{5} hours.", "15, 4", "wrong", "wrong",
+                 id="two-parts-one-wrong"),
+    pytest.param("Adding the equations gives $2x = 6$, so $x = \\boxed{3}$. Substituting back, "
+                 "$y = 7 - x = \\boxed{4}$.", "(3, 4)", "wrong", "wrong", id="a-tuple-is-one-part"),
+    # --- still not extracted in eval ---
+    pytest.param("She earns 9 * 2 = 18 dollars per day.", "18", "no_answer", "no_answer", id="eval-no-bare-number"),
+    pytest.param("I first thought 5, but the answer is not 5: the remainder is 7.", "7", "no_answer", "no_answer",
+                 id="eval-answer-is-not"),
+    pytest.param("The answer is \\boxed{72}. " * 3 + "The answer is \\box", "72", "correct", "correct",
+                 id="eval-cut-off-box-after-statement"),
+]
+
+
+@pytest.mark.parametrize("completion, gold, strict, verdict", EVAL_GRADING)
+def test_eval_extraction(completion, gold, strict, verdict):
+    assert grade(completion, gold).verdict == strict  # the default is strict
+    result = grade(completion, gold, extraction="eval")
+    assert result.verdict == verdict, result
+    assert is_correct(completion, gold, extraction="eval") == (verdict == "correct")
+    assert is_confidently_wrong(completion, gold, extraction="eval") == (verdict == "wrong")
+
+
+def test_eval_extraction_keeps_every_strict_table_row():
+    """Every row of the strict tables reads the same under eval (none of them is of a kind eval adds)."""
+    for row in GRADING:
+        completion, gold, verdict = row.values
+        assert grade(completion, gold, extraction="eval").verdict == verdict, row.id
+    for row in EXTRACTION:
+        text, expected = row.values
+        assert extract_answer(text, extraction="eval") == expected, row.id
+
+
+def test_extraction_must_be_known():
+    with pytest.raises(ValueError, match="extraction='loose': accepted strict | eval"):
+        grade("\\boxed{1}", "1", extraction="loose")
+
+
+@pytest.mark.parametrize("answer, numeric, values", [
+    ("18", True, 1), ("\\$18", True, 1), ("18 \\text{ apples}", True, 1), ("-\\frac{3}{4}", True, 1),
+    ("2\\sqrt{3}", True, 1), ("3\\pi", True, 1), ("5!", True, 1), ("x = 18", True, 1), ("1,000", True, 1),
+    ("x", False, 1), ("ab", False, 1), ("2x", False, 1), ("\\infty", False, 1), ("(3, 4)", False, 1),
+    ("18, 19", False, 2), ("\\{18, 19\\}", False, 2), ("18 \\text{ or } 19", False, 2), ("18 \\pm 1", False, 2),
+])
+def test_answer_shapes(answer, numeric, values):
+    """What rewards' negative rules ask of an answer: one number? how many values?"""
+    assert grading.is_numeric(answer) == numeric
+    assert grading.answer_values(answer) == values
+
+
+# =============================================================================================
 # Tolerance: relative 1e-6, and only for values with no finite decimal expansion
 # =============================================================================================
 @pytest.mark.parametrize(
@@ -288,6 +373,8 @@ def _timed(completion, gold):
     [
         pytest.param("\\boxed{9^{9^{9^9}}}", id="power-tower"),
         pytest.param("\\boxed{10**10**10}", id="python-power"),
+        pytest.param("\\boxed{99999999999!}", id="factorial-of-a-huge-number"),  # 2.8 s in the worker before
+        pytest.param("\\boxed{(10!)!}", id="factorial-of-a-factorial"),
         pytest.param("\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}", id="5000-nested-braces"),
         pytest.param("\\boxed{" + "{" * 400 + "1" + "}" * 400 + "}", id="400-nested-braces"),
         pytest.param("\\boxed{" + "1" * 2_000_000 + "}", id="2MB-answer"),

@@ -2,6 +2,9 @@ r"""The negative generator's reward (pns_mini/rewards.py), checked as a spec:
 
 * one test per format rule, on real-looking solutions, plus the closing lines that must still pass;
 * accuracy inversion: only a verified-wrong answer wins; no answer or an unparseable one never does;
+* what a negative is (negative_check, shared with synthesis): tables of hedges, self-contradictions
+  and wrong kinds that are refused, each with its format_fail reason, and of genuine wrong
+  solutions (a slip, a wrong operation, a misread question, an invented step...) that still count;
 * the reward table: malformed or no answer < correct < implausible wrong < plausible wrong, with
   hand-computed totals, and the same ordering over a grid of scores and weights;
 * components are reported even where the gating leaves them out of the total; bad inputs are loud;
@@ -98,6 +101,112 @@ def test_repeat_ratio_by_hand():
 ])
 def test_accuracy_inversion(text, expected):
     assert accuracy_inversion_reward(text, GOLD) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# What a negative is (rewards.negative_check, shared by the reward and synthesis)
+# ---------------------------------------------------------------------------------------------
+BOUGHT = ("Tom starts with 12 apples. Each bag holds 5 apples, so the 2 bags hold 2 * 5 = 10 apples.\n"
+          "After buying them he has 12 + 10 = 22 apples.\n")
+
+# Wrong answers that must NOT count as negatives against gold 18, and the rule each one breaks.
+NOT_NEGATIVES = [
+    pytest.param(BOUGHT + "He gives away 4, so 22 - 4 = 18 apples, unless I miscounted a bag.\n"
+                 r"The final answer is \boxed{18} or \boxed{19}.", "several_answers", id="gold-or-another-box"),
+    pytest.param(BOUGHT + "He gives away 4 or 3 of them, the question is not clear.\n"
+                 r"The final answer is \boxed{18 \text{ or } 19}.", "several_answers", id="or-inside-one-box"),
+    pytest.param(BOUGHT + "Depending on whether he gives 4 or 3 away, he keeps a different number.\n"
+                 r"The final answer is \boxed{18, 19}.", "several_answers", id="list-for-a-single-answer"),
+    pytest.param(BOUGHT + "He gives 3 apples to one friend and keeps the rest, which leaves him 19.\n"
+                 r"The final answer is \boxed{19} \boxed{20}.", "several_answers", id="two-boxes-side-by-side"),
+    pytest.param(BOUGHT + "He gives some away, leaving him with 19 or 20 apples.\n"
+                 r"The final answer is $\boxed{19}$, or perhaps $\boxed{20}$.", "several_answers",
+                 id="wrong-alternatives"),
+    pytest.param(BOUGHT + "He gives away 4, so 22 - 4 = 18.\n" r"The final answer is \boxed{18}." "\n\n"
+                 "Wait, let me recount. The bags hold 6 apples each, so he has 12 + 12 = 24 and then "
+                 r"24 - 4 = 20. The final answer is \boxed{20}.", "gold_stated", id="gold-boxed-then-recount"),
+    pytest.param(BOUGHT + "He gives away 3 apples, so 22 - 3 = 19.\n"
+                 r"The final answer is \boxed{19}, but the true answer is 18.", "gold_stated",
+                 id="true-answer-after-the-box"),
+    pytest.param(BOUGHT + "So the answer is 18.\nOn second thought the bags may hold 6 each: "
+                 r"12 + 12 - 4 = 20. The final answer is \boxed{20}.", "gold_stated", id="gold-stated-in-words"),
+    pytest.param(BOUGHT + "Let x be the number of apples left once he has given some of them away.\n"
+                 r"The final answer is \boxed{x}.", "not_a_number", id="symbol-against-number"),
+    pytest.param(BOUGHT + "Let a be the bags and b the apples in each bag; he has a times b.\n"
+                 r"The final answer is \boxed{ab}.", "not_a_number", id="letters-against-number"),
+    pytest.param(BOUGHT + "He gives a few of them away, so he has many apples left over.\n"
+                 r"The final answer is \boxed{many}.", "unparseable", id="word-against-number"),
+    pytest.param(BOUGHT + "After he gives away 4 apples, he counts what is left in his basket.\n"
+                 r"The final answer is \boxed{}.", "unparseable", id="empty-box"),
+    pytest.param(BOUGHT + "He gives away 3 apples, so 22 - 3 = 19.\n"
+                 r"The final answer is \boxed{19}, or maybe 20.", "answer_after_box", id="another-answer-after"),
+    pytest.param(BOUGHT + "He gives away 3 apples, so 22 - 3 = 19.\n"
+                 r"The final answer is \boxed{19}. Actually it is 17.", "answer_after_box", id="taken-back-after"),
+    pytest.param(BOUGHT + "After giving away 4, he has 22 - 4 = 18 apples.\n"
+                 r"The final answer is \boxed{24}.", "gold_before_box", id="derives-gold-boxes-other"),
+    pytest.param(BOUGHT + "He gives away 4 apples, so he is left with 22 - 4 = 18 apples, so "
+                 r"the answer is \boxed{24}.", "gold_before_box", id="derives-gold-same-sentence"),
+]
+
+# Genuine negatives: a real wrong answer reached by the solution's own (faulty) reasoning.
+NEGATIVES = [
+    pytest.param(BOUGHT.replace("12 + 10 = 22", "12 + 10 = 23") + "After giving away 4, he has 23 - 4 = 19 apples.\n"
+                 r"The final answer is \boxed{19}.", id="arithmetic-slip-carried-to-the-end"),
+    pytest.param(BOUGHT + "Giving away 4 apples means he now has 22 + 4 = 26 apples.\n"
+                 r"The final answer is \boxed{26}.", id="wrong-operation"),
+    pytest.param("The question asks how many apples Tom gives away. He buys 2 bags of 5 apples, 10 apples "
+                 "in all, and then he gives away 4 of his apples.\n" r"The final answer is \boxed{4}.",
+                 id="misread-question"),
+    pytest.param(BOUGHT + "After giving away 4, he has 22 - 4 = 18 apples. He then eats 2 of them at lunch, "
+                 "leaving 18 - 2 = 16 apples.\n" r"The final answer is \boxed{16}.", id="invented-step-gold-mid-way"),
+    pytest.param(BOUGHT + "He gives away 4 apples to each of his 2 friends, so 22 - 8 = 14 apples are left.\n"
+                 r"The final answer is $\boxed{14}$.", id="dollar-wrapped-box"),
+    pytest.param(BOUGHT + "He shares the 22 - 4 = 18 apples with his sister, but he keeps one more than half: "
+                 r"$\frac{18}{2} + \frac{1}{2} = \frac{19}{2}$." "\n" r"The final answer is $\boxed{\frac{19}{2}}$.",
+                 id="fraction-against-integer"),
+    pytest.param(BOUGHT + r"He gives away 4, which gives \boxed{17}." "\n\n"
+                 "Let me check that again: 22 - 4 is 18, and he also drops 1 on the way home, so 22 - 5 = 17 "
+                 r"apples. The final answer is \boxed{17}.", id="checked-wrong-answer-kept"),
+    pytest.param(BOUGHT + "Giving away 4 apples leaves him with 22 - 4 = 16 apples.\n"
+                 r"The final answer is \boxed{16} apples. I hope it is correct.", id="closing-words-after-the-box"),
+]
+
+
+@pytest.mark.parametrize("text, reason", NOT_NEGATIVES)
+def test_hedges_and_contradictions_are_not_negatives(text, reason):
+    ok, why, graded = rewards.negative_check(text, False, GOLD)
+    assert (ok, why) == (False, reason)
+    assert reason in rewards.FORMAT_REASONS  # logged as format_fail/<reason> by train_generator
+    row, = score_completions([text], [GOLD], [False], [0.9], [0.9])
+    # a format failure: the malformed penalty, no accuracy win, whatever the scorers think of it
+    assert (row["format"], row["accuracy"], row["total"], row["format_reason"]) == (0.0, 0.0, -1.0, reason)
+    assert accuracy_inversion_reward(text, GOLD) == 0.0
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_genuine_wrong_solutions_are_negatives(text):
+    ok, why, graded = rewards.negative_check(text, False, GOLD)
+    assert (ok, why, graded.verdict) == (True, "", "wrong")
+    assert rewards.negative_reason(text, GOLD) == ""
+    row, = score_completions([text], [GOLD], [False], [0.5], [0.5])
+    assert (row["format"], row["accuracy"], row["total"]) == (1.0, 1.0, 0.5 + 1.0 + 0.5 + 0.5)
+
+
+def test_negative_rules_leave_correct_answers_and_other_format_failures_alone():
+    # A correct answer is judged by format_check alone: its reward (0.5) is what it was.
+    hedged_correct = REASONING + r"The final answer is \boxed{19} or \boxed{18}."
+    assert rewards.negative_check(CORRECT, False, GOLD)[:2] == (True, "")
+    assert rewards.negative_check(hedged_correct, False, GOLD)[:2] == (True, "")
+    assert score_completions([hedged_correct], [GOLD], [False], None, None)[0]["total"] == 0.5
+    # A truncated hedge fails as truncated first; it earns no accuracy either way.
+    hedge = NOT_NEGATIVES[0].values[0]
+    row, = score_completions([hedge], [GOLD], [True], None, None)
+    assert (row["format_reason"], row["accuracy"], row["total"]) == ("truncated", 0.0, -1.0)
+    # Boxes listed with commas are one answer when the gold has several parts.
+    roots = REASONING + r"Factoring gives (x - 1)(x - 3) = 0, so the roots are $\boxed{1}$, $\boxed{3}$."
+    assert rewards.negative_check(roots, False, "1, 2")[:2] == (True, "")
+    assert rewards.negative_check(roots, False, "2")[:2] == (False, "several_answers")
+    assert set(rewards.NEGATIVE_REASONS) <= set(rewards.FORMAT_REASONS)
 
 
 # ---------------------------------------------------------------------------------------------
