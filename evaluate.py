@@ -121,8 +121,9 @@ class Config:
                              f"identical samples: set --temperature > 0 (e.g. 0.6)")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.batch_size < 1 or self.max_completion_length < 1 or self.bootstrap_resamples < 1:
-            raise ValueError("--batch-size, --max-completion-length and --bootstrap-resamples must be >= 1")
+        for name in ("batch_size", "max_completion_length", "bootstrap_resamples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"--limit must be >= 0 or none, got {self.limit}")
         if self.extraction not in grading.EXTRACTIONS:
@@ -403,21 +404,23 @@ def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     if cfg.regrade:
         return regrade(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
     samples_path, config_path = out / "samples.jsonl", out / "config.json"
     check_same_settings(cfg, config_path, samples_path)
     check_same_grading(cfg, config_path, samples_path)
-    save_config(cfg, config_path)
     k = cfg.num_samples
 
-    # --- setup: problems, and what samples.jsonl already holds (resume) ---
+    # --- setup: problems, what samples.jsonl already holds (resume), and the model; bad input
+    # (an unknown benchmark, a missing or misfit adapter) fails here, before any file is written ---
     problems = {name: data.load_problems(name, cfg.data_dir, cfg.limit) for name in benchmark_names(cfg.benchmarks)}
     recorded = {(r["benchmark"], r["id"]): r["prompt"] for r in load_records(samples_path, k)}
     n_pending = sum((name, p["id"]) not in recorded for name, ps in problems.items() for p in ps)
     print(f"{out}: {len(recorded)} problems already recorded, {n_pending} to generate ({k} sample(s) each)")
-
     if n_pending:
         model, tokenizer = modeling.load_model_and_tokenizer(cfg.model, adapter=cfg.adapter)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, config_path)
+
+    if n_pending:
         for name, ps in problems.items():  # a changed template would mix two prompts in one table
             for p in ps:
                 saved = recorded.get((name, p["id"]))
@@ -455,6 +458,7 @@ def main(cfg: Config) -> dict:
     # --- summary and report over everything recorded in the folder ---
     summary = write_outputs(out, load_records(samples_path, k), make_stamp(cfg), cfg.bootstrap_resamples, cfg.seed)
     print((out / "report.md").read_text())
+    print(f"done: {out} (samples {samples_path}, summary {out / 'summary.json'}, report {out / 'report.md'})")
     return summary
 
 

@@ -157,6 +157,8 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
         parse_weights(self.reward_weights)
 
 
@@ -167,6 +169,12 @@ def parse_weights(text: str | None) -> dict | None:
 
 def problem_rng(seed: int, pid: str, what: str) -> random.Random:
     return random.Random(f"synthesize/{seed}/{what}/{pid}")  # str seeds hash stably across runs
+
+
+def problem_seed(seed: int, pid: str) -> int:
+    """The sampling seed of one problem: its candidates do not depend on the batch it lands in, so
+    a resumed run (whose batches shift) samples what an uninterrupted one would."""
+    return int(hashlib.sha256(f"{seed}/{pid}".encode()).hexdigest()[:8], 16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +238,8 @@ def template_hash() -> str:
 
 
 def check_resume(out: Path, cfg: Config) -> None:
-    """Refuse to add pairs to a folder made with another source, model, seed or prompt template."""
+    """Refuse to add pairs to a folder made with another source, model, seed or prompt template.
+    Writes nothing (write_config does, once the models have loaded)."""
     path = out / "config.json"
     now = {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS}, "prompt_template": template_hash()}
     if path.exists():
@@ -239,25 +248,42 @@ def check_resume(out: Path, cfg: Config) -> None:
         if diff:
             raise DataError(f"{path}: this folder holds pairs made with another setup ({'; '.join(diff)}); "
                             f"use another --output-dir or the same flags")
-    path.write_text(json.dumps({**asdict(cfg), "prompt_template": now["prompt_template"]}, indent=2) + "\n")
 
 
-def done_ids(out: Path) -> tuple[set[str], int]:
-    """Ids already finished (a problem is done when all its pairs, or its skip row, are written).
-    A problem whose pairs were cut by a kill is removed from pairs.jsonl and done again."""
-    pairs, skipped = out / "pairs.jsonl", out / "skipped.jsonl"
-    for path in (pairs, skipped, out / "samples.jsonl", out / "metrics.jsonl"):
+def write_config(out: Path, cfg: Config) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".config.json.tmp"
+    tmp.write_text(json.dumps({**asdict(cfg), "prompt_template": template_hash()}, indent=2) + "\n")
+    tmp.replace(out / "config.json")  # never half a config
+
+
+def done_ids(out: Path) -> tuple[set[str], int, dict]:
+    """(ids already finished, how many were cut and are redone, the running totals so far). A
+    problem is done when all its pairs, or its skip row, are written. A problem whose pairs were cut
+    by a kill is removed from pairs.jsonl, and every unfinished problem's row from samples.jsonl, so
+    both read as an uninterrupted run's; the totals (metrics.jsonl) are counted from them."""
+    pairs, skipped, samples = out / "pairs.jsonl", out / "skipped.jsonl", out / "samples.jsonl"
+    for path in (pairs, skipped, samples, out / "metrics.jsonl"):
         repair_torn_tail(path)
     rows = list(iter_jsonl_tolerant(pairs))
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["id"]] = counts.get(r["id"], 0) + 1
     partial = {i for i, r in ((r["id"], r) for r in rows) if counts[i] != r["num_pairs"]}
-    if partial:  # rewrite without them (temp file + rename: never a half-written pairs file)
-        tmp = pairs.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["id"] not in partial))
-        tmp.replace(pairs)
-    return set(counts) - partial | {r["id"] for r in iter_jsonl_tolerant(skipped)}, len(partial)
+    skip_rows = list(iter_jsonl_tolerant(skipped))
+    done = set(counts) - partial | {r["id"] for r in skip_rows}
+    sample_rows = list(iter_jsonl_tolerant(samples))
+    kept_samples = [r for r in sample_rows if r["id"] in done]
+    for path, old, new in ((pairs, rows, [r for r in rows if r["id"] not in partial]), (samples, sample_rows, kept_samples)):
+        if len(new) < len(old):  # rewrite without them (temp file + rename: never a half-written file)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+            tmp.replace(path)
+    candidates = [c for r in kept_samples for c in r["candidates"]]
+    totals = {"pairs": len(rows) - sum(counts[i] for i in partial), "skipped": len(skip_rows),
+              "candidates": len(candidates), "well_formed": sum(c["well_formed"] for c in candidates),
+              "verified_wrong": sum(c["verified_wrong"] for c in candidates)}
+    return done, len(partial), totals
 
 
 def messages(cfg: Config, tokenizer, question: str, chosen: str, rejected: str) -> dict:
@@ -275,8 +301,9 @@ def messages(cfg: Config, tokenizer, question: str, chosen: str, rejected: str) 
 # ---------------------------------------------------------------------------------------------
 # Sampling (tests replace this one function with a test double)
 # ---------------------------------------------------------------------------------------------
-def sample_candidates(model, tokenizer, prompts: list[str], cfg: Config, seed: int) -> list[list[tuple[str, bool]]]:
-    """K completions per prompt string, grouped per prompt: [[(text, truncated), ...], ...]."""
+def sample_candidates(model, tokenizer, prompts: list[str], cfg: Config, seed: list[int]) -> list[list[tuple[str, bool]]]:
+    """K completions per prompt string, grouped per prompt: [[(text, truncated), ...], ...].
+    seed: one per prompt (problem_seed); each prompt's rows draw from their own generator."""
     from pns_mini.generation import sample
     out = sample(model, tokenizer, prompts, num_samples=cfg.num_candidates, temperature=cfg.temperature,
                  top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length, seed=seed)
@@ -301,16 +328,18 @@ def main(cfg: Config) -> dict:
     if cfg.stats_only:
         return write_pairs_report(out, [Path(p.strip()) for p in cfg.stats_only.split(",") if p.strip()])
     from pns_mini.modeling import load_model_and_tokenizer, reference_model, resolve_model_path
+    from pns_mini.runs import remove_stale_temps
     from pns_mini.scorers import build_scorers
 
-    problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)
-    out.mkdir(parents=True, exist_ok=True)
+    problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # bad input fails before any file is written
     check_resume(out, cfg)
-    done, redone = done_ids(out)
-    (out / "pairs.jsonl").touch()  # exists from the start, so --stats-only works on a run in progress
+    remove_stale_temps(out)
+    done, redone, totals = done_ids(out)
     todo = [p for p in problems if p["id"] not in done]
     print(f"{len(problems)} problems, {len(problems) - len(todo)} already done"
           + (f" ({redone} cut by an interrupt are done again)" if redone else ""), file=sys.stderr)
+    if not todo and (out / "pairs.jsonl").exists():  # nothing to sample: no model load
+        return finish(out)
     weights = parse_weights(cfg.reward_weights)
     K = cfg.num_candidates
 
@@ -330,6 +359,8 @@ def main(cfg: Config) -> dict:
     rm_scorer, judge_scorer = build_scorers(policy, tok, reward_model=cfg.reward_model, judge_model=cfg.judge_model,
                                             base_model_name=cfg.model, device=cfg.device, dtype=cfg.dtype,
                                             load_in_4bit=cfg.load_in_4bit)
+    write_config(out, cfg)  # every model loaded: the folder is now this run's
+    (out / "pairs.jsonl").touch()  # exists from the start, so --stats-only works on a run in progress
 
     def plausibility(questions: list[str], texts: list[str]) -> tuple[list, list, list]:
         """(rm in [0,1], rm raw logit, judge in [0,1]) per text. The RM's normalised score is
@@ -340,13 +371,14 @@ def main(cfg: Config) -> dict:
         return [0.5 * (1.0 + math.tanh(r / 2)) for r in raw], raw, judge_scorer(questions, texts)
 
     n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    totals = {"pairs": 0, "skipped": 0, "candidates": 0, "well_formed": 0, "verified_wrong": 0}
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem", dynamic_ncols=True,
                desc=f"synthesize {cfg.negative_source}")
-    for b, start in enumerate(range(0, len(todo), cfg.batch_size)):
+    for b, start in enumerate(range(0, len(problems), cfg.batch_size)):  # fixed batches: a rerun finds the same
         t0 = time.time()
-        batch = todo[start:start + cfg.batch_size]
-        seed = int(hashlib.sha256(f"{cfg.seed}/{batch[0]['id']}".encode()).hexdigest()[:8], 16)
+        batch = [p for p in problems[start:start + cfg.batch_size] if p["id"] not in done]
+        if not batch:
+            continue
+        seeds = {p["id"]: problem_seed(cfg.seed, p["id"]) for p in batch}  # per problem, not per batch
         why: dict[str, str] = {}  # id -> reason the problem gives no pair
 
         # ===== chosen: verified-correct reference solution or policy sample =====================
@@ -355,7 +387,7 @@ def main(cfg: Config) -> dict:
         if cfg.chosen_source == "policy" or cfg.negative_source == "rejection":
             with as_policy():
                 prompts = [format_prompt(tok, p["question"], enable_thinking=cfg.enable_thinking) for p in batch]
-                policy_groups = sample_candidates(policy, tok, prompts, cfg, seed)
+                policy_groups = sample_candidates(policy, tok, prompts, cfg, [seeds[p["id"]] for p in batch])
         for i, p in enumerate(batch):
             if cfg.chosen_source == "gold":
                 text = reference_solution(p)
@@ -382,12 +414,12 @@ def main(cfg: Config) -> dict:
             groups = {i: policy_groups[i] for i in live}
         elif cfg.negative_source == "pns" and live:
             prompts = [format_prompt(gen_tok, batch[i]["question"], enable_thinking=cfg.enable_thinking) for i in live]
-            sampled = sample_candidates(generator, gen_tok, prompts, cfg, seed)
+            sampled = sample_candidates(generator, gen_tok, prompts, cfg, [seeds[batch[i]["id"]] for i in live])
             groups = dict(zip(live, sampled))
         elif cfg.negative_source == "prompted" and live:
             with as_policy():
                 prompts = [prompted_prompt(tok, batch[i]["question"], cfg.enable_thinking) for i in live]
-                sampled = sample_candidates(policy, tok, prompts, cfg, seed)
+                sampled = sample_candidates(policy, tok, prompts, cfg, [seeds[batch[i]["id"]] for i in live])
             groups = dict(zip(live, sampled))
         elif cfg.negative_source == "perturbed":
             for i in live:
@@ -467,7 +499,13 @@ def main(cfg: Config) -> dict:
         bar.set_postfix(pairs=totals["pairs"], skipped=totals["skipped"],
                         wrong=f"{totals['verified_wrong']}/{totals['candidates']}")
     bar.close()
-    return write_pairs_report(out, [out / "pairs.jsonl"])
+    return finish(out)
+
+
+def finish(out: Path) -> dict:
+    stats = write_pairs_report(out, [out / "pairs.jsonl"])
+    print(f"done: {out} (pairs {out / 'pairs.jsonl'}, skipped {out / 'skipped.jsonl'}, report {out / 'report.md'})")
+    return stats
 
 
 if __name__ == "__main__":

@@ -67,15 +67,16 @@ import torch
 from tqdm import tqdm
 
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs,
-                           repair_torn_tail)
+from pns_mini.data import ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
                                save_atomic, token_logprobs, trainable_parameters)
-from pns_mini.runs import (latest_checkpoint, load_checkpoint, make_scheduler, plot_metrics, read_metrics,
-                           save_checkpoint, seed_everything, truncate_metrics)
+from pns_mini.runs import (check_run_folder, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
+                           seed_everything, start_run)
 
 TIMING_KEYS = ("seconds_per_step",)  # the only metrics that differ between identical runs
+# What --resume may change: the run's length, and what is saved or logged; anything else is a new run.
+RESUMABLE = ("max_steps", "num_train_epochs", "save_steps", "merge", "chosen_logp_drop_warning", "device")
 
 
 @dataclass
@@ -156,10 +157,15 @@ class Config:
             raise ValueError("--beta must be > 0 and --label-smoothing in [0, 0.5)")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ValueError("--label-smoothing applies to --loss-type sigmoid only")
-        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1 or self.save_steps < 1:
-            raise ValueError("batch sizes, accumulation steps and --save-steps must be >= 1")
-        if (self.max_steps is not None and self.max_steps < 1) or self.num_train_epochs <= 0:
-            raise ValueError("--max-steps must be >= 1 and --num-train-epochs > 0")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1 or none, got {self.max_steps}")
+        if self.num_train_epochs <= 0:
+            raise ValueError(f"--num-train-epochs must be > 0, got {self.num_train_epochs}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.lr_scheduler_type not in ("cosine", "constant"):
             raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
@@ -180,6 +186,11 @@ def prompt_string(prompt, tokenizer, chat_template_for_strings: bool, template_k
     enable_thinking = bool((template_kwargs or {}).get("enable_thinking", False))
     if isinstance(prompt, list):  # conversational: the model's own chat template
         return chat_prompt(tokenizer, prompt, enable_thinking=enable_thinking)
+    already_templated = any(tok in prompt for tok in tokenizer.all_special_tokens)
+    if already_templated or not chat_template_for_strings:
+        return prompt
+    return format_prompt(tokenizer, prompt.strip().removesuffix(ANSWER_INSTRUCTION).strip(),
+                         enable_thinking=enable_thinking)
 
 
 def completion_ids(completion, tokenizer) -> list[int]:
@@ -302,8 +313,7 @@ def write_report(out: Path, cfg: Config, counts: dict, rows: list[dict], extra: 
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path = out / "metrics.jsonl"
-    if not cfg.resume and (metrics_path.exists() or latest_checkpoint(out)):
-        raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
+    check_run_folder(out, cfg, RESUMABLE)  # a used folder, or --resume with other settings: refused here
     rows = read_pairs(cfg.pairs)  # fail on a malformed file before the slow model load
 
     # --- setup: policy = LoRA on a (4-bit) base, reference = adapter off ---
@@ -329,7 +339,6 @@ def main(cfg: Config) -> dict:
         tqdm.write(f"note: warmup_steps={cfg.warmup_steps} >= {total_steps} steps: the LR never reaches its peak")
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.lr_scheduler_type)
     pad_id = tokenizer.pad_token_id
 
     ref_cache = None
@@ -340,14 +349,14 @@ def main(cfg: Config) -> dict:
         key = hashlib.sha256(json.dumps([file_hash, key_fields, load_in_4bit]).encode()).hexdigest()[:16]
         ref_cache = reference_logps(model, pairs, cfg, pad_id, device, key, out / "ref_logps.pt")
 
-    step, pairs_seen = 0, 0
-    if cfg.resume:  # no checkpoint yet = resume from step 0
-        ckpt = latest_checkpoint(out)
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, model, optimizer, scheduler)
-            step, pairs_seen = state["step"], state["extra"]["pairs_seen"]
-        repair_torn_tail(metrics_path)
-        truncate_metrics(metrics_path, step)  # rows after the checkpoint are written again
+    # step 0, or the latest checkpoint (none yet: step 0); the LR schedule is rebuilt for total_steps
+    step, extra = start_run(out, model, optimizer, [metrics_path])
+    pairs_seen = extra.get("pairs_seen", 0)
+    if extra.get("num_pairs", len(pairs)) != len(pairs):
+        raise DataError(f"{cfg.pairs}: {len(pairs)} pairs kept now, {extra['num_pairs']} when the checkpoint was "
+                        f"saved: the data order would not continue; use the same pairs file")
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.lr_scheduler_type, step)
+    if step:
         tqdm.write(f"resuming {out} at step {step} ({pairs_seen} pairs seen)")
     warned = any(r.get("warning/chosen_logp_drop") for r in read_metrics(metrics_path))
 
@@ -418,7 +427,8 @@ def main(cfg: Config) -> dict:
                             f"{row['seconds_per_step']:.1f}s" + (" CHOSEN-LOGP-DROP" if row["warning/chosen_logp_drop"] else ""))
         bar.update(1)
         if step % cfg.save_steps == 0 or step == total_steps:
-            save_checkpoint(out, step, model, tokenizer, optimizer, scheduler, extra={"pairs_seen": pairs_seen})
+            save_checkpoint(out, step, model, tokenizer, optimizer, scheduler,
+                            extra={"pairs_seen": pairs_seen, "num_pairs": len(pairs)})
     bar.close()
 
     # --- save, plot, report ---
@@ -433,6 +443,8 @@ def main(cfg: Config) -> dict:
     metrics = read_metrics(metrics_path)
     write_report(out, cfg, counts, metrics, {"global_batch": G, "reference": (
         "precomputed (ref_logps.pt)" if ref_cache is not None else "adapter off, on the fly")})
+    print(f"done: {out} (final adapter {out / 'final'}" + (f", merged model {out / 'merged'}" if cfg.merge else "")
+          + f", report {out / 'report.md'})")
     return {"counts": counts, "metrics": metrics, "final": out / "final", "total_steps": total_steps}
 
 

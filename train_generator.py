@@ -64,11 +64,10 @@ Method choices and deviations from the paper (arXiv 2602.03516)
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,16 +75,17 @@ from tqdm import tqdm
 
 from pns_mini import rewards, scorers
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems, repair_torn_tail
+from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems
 from pns_mini.generation import sample
 from pns_mini.losses import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, zero_std_fraction
 from pns_mini.modeling import (load_model_and_tokenizer, reference_model, resolve_device, save_atomic,
                                token_logprobs, trainable_parameters)
-from pns_mini.runs import (latest_checkpoint, load_checkpoint, lr_lambda, make_scheduler, plot_metrics,
-                           read_metrics, save_checkpoint, seed_everything, truncate_metrics)
+from pns_mini.runs import (check_run_folder, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
+                           seed_everything, start_run)
 
 TIMING_KEYS = ("time/generate", "time/score", "time/update", "time/step", "tokens/s")  # differ between equal runs
-RESUMABLE_CHANGES = ("max_steps", "resume", "save_steps", "logging_steps", "log_samples_steps", "device", "output_dir")
+# What --resume may change: the run's length, and what is saved or logged; anything else is a new run.
+RESUMABLE = ("max_steps", "save_steps", "logging_steps", "log_samples_steps", "device")
 
 
 @dataclass
@@ -183,10 +183,15 @@ class Config:
         if self.num_generations < 2:
             raise ValueError(f"--num-generations must be >= 2 (GRPO compares completions within a group), "
                              f"got {self.num_generations}")
-        if min(self.prompts_per_step, self.per_device_train_batch_size, self.max_steps, self.num_iterations,
-               self.max_completion_length, self.lora_r, self.save_steps, self.logging_steps,
-               self.log_samples_steps, self.scorer_batch_size) < 1:
-            raise ValueError("sizes, steps, --num-iterations and --lora-r must be >= 1")
+        for name in ("prompts_per_step", "per_device_train_batch_size", "max_steps", "num_iterations",
+                     "max_completion_length", "lora_r", "save_steps", "logging_steps", "log_samples_steps",
+                     "scorer_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if N % self.per_device_train_batch_size:
             raise ValueError(f"--per-device-train-batch-size {self.per_device_train_batch_size} must divide "
                              f"prompts_per_step x num_generations = {N}")
@@ -293,17 +298,6 @@ def step_metrics(scored: list[dict], totals: torch.Tensor, G: int, rollout) -> d
     return row
 
 
-def check_resume_config(out: Path, cfg: Config) -> None:
-    """A resumed run must be the same run: only the fields in RESUMABLE_CHANGES may differ."""
-    saved = json.loads((out / "config.json").read_text())
-    now = json.loads(json.dumps(asdict(cfg), default=str))
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items()
-               if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-    if changed:
-        raise DataError(f"{out}/config.json: --resume with different settings ({'; '.join(changed)}); only "
-                        f"{', '.join(RESUMABLE_CHANGES)} may change. Start a new --output-dir instead")
-
-
 def write_report(out: Path, cfg: Config, rows: list[dict], n_problems: int) -> None:
     """report.md: component means over the first vs last few steps, and the time split."""
     k = max(1, min(3, len(rows) // 2))
@@ -348,12 +342,7 @@ PLOT_PANELS = {
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path, samples_path = out / "metrics.jsonl", out / "samples.jsonl"
-    if not cfg.resume and (metrics_path.exists() or latest_checkpoint(out)):
-        raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
-    if cfg.resume:
-        if latest_checkpoint(out) is None:
-            raise FileNotFoundError(f"{out}/checkpoints: no checkpoint to resume from")
-        check_resume_config(out, cfg)
+    check_run_folder(out, cfg, RESUMABLE)  # a used folder, or --resume with other settings: refused here
     weights = parse_reward_weights(cfg.reward_weights)
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # fails on bad data before the model load
     if not problems:
@@ -377,26 +366,20 @@ def main(cfg: Config) -> dict:
     save_config(cfg, out / "config.json")
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type)
     B, G = cfg.prompts_per_step, cfg.num_generations
     N, mb = B * G, cfg.per_device_train_batch_size
     chunks = [slice(s, s + mb) for s in range(0, N, mb)]  # micro-batches of rows
     reward_kw = dict(malformed_penalty=cfg.malformed_penalty, plausibility_only_when_wrong=cfg.plausibility_only_when_wrong)
 
-    step, position = 0, 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(out)
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        step, position = state["step"], state["extra"]["position"]
-        if state["extra"]["num_problems"] != len(problems):
-            raise DataError(f"{ckpt}: saved with {state['extra']['num_problems']} problems, now {len(problems)}: "
-                            f"the data order would not continue; use the same --problems/--limit")
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # a longer run: the new schedule
-            group["lr"] = base_lr * lr_lambda(step, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type)
-        for path in (metrics_path, samples_path):
-            repair_torn_tail(path)
-            truncate_metrics(path, step)  # rows after the checkpoint are written again
-        tqdm.write(f"resumed from {ckpt} (step {step}, {position} problems seen)")
+    # step 0, or the latest checkpoint (none yet: step 0); the LR schedule is rebuilt for max_steps
+    step, extra = start_run(out, model, optimizer, [metrics_path, samples_path])
+    position = extra.get("position", 0)
+    if extra.get("num_problems", len(problems)) != len(problems):
+        raise DataError(f"{out}/checkpoints/step-{step}: saved with {extra['num_problems']} problems, now "
+                        f"{len(problems)}: the data order would not continue; use the same --problems/--limit")
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type, step)
+    if step:
+        tqdm.write(f"resumed from {out}/checkpoints/step-{step} ({position} problems seen)")
     if cfg.warmup_steps >= cfg.max_steps:
         tqdm.write(f"note: warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the LR never reaches its peak")
 
@@ -508,6 +491,7 @@ def main(cfg: Config) -> dict:
     plot_metrics(metrics_path, out / "plots", PLOT_PANELS)
     metrics = read_metrics(metrics_path)
     write_report(out, cfg, metrics, len(problems))
+    print(f"done: {out} (final adapter {out / 'final'}, report {out / 'report.md'})")
     return {"metrics": metrics, "final": out / "final", "steps": step}
 
 

@@ -136,11 +136,13 @@ class Config:
             raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
+        for name in ("warmup_steps", "eval_steps", "save_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
 
-# These must match between a run and its --resume: they decide the data, its order and the weights' shapes.
-RESUME_KEYS = ("model", "pairs", "limit", "seed", "eval_fraction", "max_length", "per_device_train_batch_size",
-               "gradient_accumulation_steps", "lora_r", "lora_alpha")
+# What --resume may change: the run's length, and what is saved or evaluated; anything else is a new run.
+RESUMABLE = ("max_steps", "save_steps", "eval_steps", "per_device_eval_batch_size", "device")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,19 +331,10 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path = out / "metrics.jsonl"
-    if not cfg.resume and (runs.list_checkpoints(out) or metrics_path.exists()):
-        raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
-    if cfg.resume and (out / "config.json").exists():
-        old = json.loads((out / "config.json").read_text())
-        changed = [k for k in RESUME_KEYS if k in old and old[k] != getattr(cfg, k)]
-        if changed:
-            raise DataError(f"--resume with different {', '.join(changed)} than {out}/config.json "
-                             f"({', '.join(f'{k}={old[k]!r}' for k in changed)}): the data or the weights would not match")
+    runs.check_run_folder(out, cfg, RESUMABLE)  # a used folder, or --resume with other settings: refused here
     # Pairs first: a malformed file fails before anything is written or loaded.
     pairs = offline_pairs(cfg.limit or 200, cfg.seed) if cfg.pairs == "offline" else load_pairs(cfg.pairs, cfg.limit)
     train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
 
     device = resolve_device(cfg.device)
     load_in_4bit = device.type == "cuda" if cfg.load_in_4bit is None else cfg.load_in_4bit
@@ -367,17 +360,16 @@ def main(cfg: Config) -> dict:
         raise DataError(f"{cfg.pairs}: no training pairs left ({dropped} longer than --max-length {cfg.max_length}, "
                         f"{len(eval_pairs)} held out)")
     print(f"pairs: {len(train_pairs)} train, {len(eval_pairs)} held out, {dropped} dropped (> {cfg.max_length} tokens)")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
 
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    scheduler = runs.make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type)
-    start_step = 0
-    if cfg.resume and runs.latest_checkpoint(out) is not None:
-        state = runs.load_checkpoint(runs.latest_checkpoint(out), model, optimizer, scheduler)
-        start_step = state["step"]
-        print(f"resumed from {runs.latest_checkpoint(out)} (step {start_step})")
-    data.repair_torn_tail(metrics_path)
-    runs.truncate_metrics(metrics_path, start_step)  # rows after the checkpoint are written again
+    # step 0, or the latest checkpoint (none yet: step 0); the LR schedule is rebuilt for max_steps
+    start_step, _ = runs.start_run(out, model, optimizer, [metrics_path])
+    scheduler = runs.make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type, start_step)
+    if start_step:
+        print(f"resumed from {out}/checkpoints/step-{start_step} (step {start_step})")
 
     pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     model.train()
@@ -470,7 +462,8 @@ def main(cfg: Config) -> dict:
     write_report(out, cfg, summary)
     ev = summary["eval"] or summary["train"]
     print(f"{'held-out' if summary['eval'] else 'train'}: accuracy {ev['accuracy']:.3f}, mean score "
-          f"{ev['score_mean']:+.3f}, margin {ev['margin_mean']:+.3f} -> {out / 'final'}")
+          f"{ev['score_mean']:+.3f}, margin {ev['margin_mean']:+.3f}")
+    print(f"done: {out} (final reward model {out / 'final'}, adapter {out / 'adapter'}, report {out / 'report.md'})")
     return summary
 
 

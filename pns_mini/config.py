@@ -10,7 +10,8 @@ right under it (as in cleanrl), so the config reads as documentation:
 
 Field `foo_bar` becomes the flag `--foo-bar`; bools get `--foo-bar/--no-foo-bar`; a field typed
 `X | None` accepts the word `none`. `--config FILE.json` supplies values; flags override it.
-Unknown flags and unknown JSON keys are errors.
+Unknown flags, unknown JSON keys and JSON values of the wrong type are errors, each printed as
+one line ("error: ...", exit status 2) that names the flag or the field.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import textwrap
 import types
@@ -60,9 +62,15 @@ def _converter(tp, optional):
     return convert
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the flag (not the 30-line usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", help="JSON file of field values; flags given here override it")
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -89,12 +97,19 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
     if config_file:
         names = {f.name for f in dataclasses.fields(cls)}
         try:
-            loaded = json.loads(Path(config_file).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            loaded = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             parser.error(f"{config_file}: cannot read JSON config ({e})")
-        for key in loaded:
+        if not isinstance(loaded, dict):
+            parser.error(f"{config_file}: expected a JSON object of field values, got {type(loaded).__name__}")
+        hints = typing.get_type_hints(cls)
+        for key, value in loaded.items():
             if key not in names:
                 parser.error(f"{config_file}: unknown field '{key}' (accepted: {', '.join(sorted(names))})")
+            expected = json_type_error(hints[key], value)
+            if expected:
+                parser.error(f"{config_file}: field '{key}' (--{key.replace('_', '-')}) must be {expected}, "
+                             f"got {json.dumps(value)}")
         values.update(loaded)
     values.update(ns)
     try:
@@ -103,8 +118,30 @@ def parse_config(cls, argv: list[str] | None = None, description: str | None = N
         parser.error(str(e))
 
 
+def json_type_error(tp, value) -> str | None:
+    """None when a JSON `value` fits the field type `tp`, else what would: "an integer" for
+    "max_steps": "3" (a flag's text is converted; a JSON value must already have the type)."""
+    base, optional = _base_type(tp)
+    if value is None:
+        return None if optional else f"{_TYPE_WORDS.get(base, base.__name__)} (not null)"
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}.get(base, lambda v: True)(value)
+    if ok:
+        return None
+    return _TYPE_WORDS.get(base, base.__name__) + (" or null" if optional else "")
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+    """config.json, written to a temp name and renamed: a kill never leaves half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def script_description(module_doc: str | None) -> str:

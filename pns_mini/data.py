@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -88,8 +89,13 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), line_key: 
     if not path.exists():
         raise DataError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column "
+                                f"{e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -133,6 +139,9 @@ def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list
     rejected then hold whole texts, or whole conversations ending in an assistant turn."""
     required = ("prompt", "chosen", "rejected") if prompt_required else ("chosen", "rejected")
     rows = read_jsonl(path, required, line_key="line")
+    if not rows:
+        raise DataError(f"{path}: no pairs (the file is empty); expected one JSON object a line with "
+                        f"{', '.join(repr(k) for k in required)}")
     message = lambda m: isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)  # noqa: E731
     for row in rows:
         where, implicit = f"{path}:{row['line']}", "prompt" not in row
@@ -157,7 +166,25 @@ def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list
                 raise DataError(f"{where}: field '{key}' must be {shape}, as the "
                                 f"{'chosen' if implicit else 'prompt'} is a message list (TRL's conversational form), "
                                 f"got {value!r:.80}")
+            # a misspelt role ("sytem", "usr") is not an error to a chat template: it would drop
+            # the turn or inject its default system prompt, so the model would train on another prompt
+            unknown = next((m["role"] for m in value if m["role"] not in MESSAGE_ROLES), None)
+            if unknown is not None:
+                raise DataError(f"{where}: field '{key}' has a message with unknown role {unknown!r} "
+                                f"(accepted: {', '.join(MESSAGE_ROLES)})")
+        if _completion_text(row["chosen"]) == _completion_text(row["rejected"]):
+            raise DataError(f"{where}: fields 'chosen' and 'rejected' hold the same text: a pair needs two "
+                            f"different completions (on this one DPO stays at loss ln 2)")
     return rows
+
+
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+def _completion_text(value) -> str:
+    """A checked chosen / rejected value as one comparable string (a message list: its JSON)."""
+    return value.strip() if isinstance(value, str) else json.dumps(
+        [{**m, "content": m["content"].strip()} for m in value], sort_keys=True)
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
@@ -166,6 +193,19 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    _appended[Path(path).name] = _appended.get(Path(path).name, 0) + 1
+    kill_point(f"{Path(path).name}:{_appended[Path(path).name]}")
+
+
+_appended: dict[str, int] = {}  # rows appended by this process, per file name (for kill_point)
+
+
+def kill_point(name: str) -> None:
+    """Test hook of the kill -9 tests: SIGKILL this process when $PNS_MINI_KILL_AT is `name`:
+    "metrics.jsonl:3" = right after this process appended its 3rd row to a metrics.jsonl,
+    "checkpoint:2" = while checkpoints/step-2 is still a temp folder. Unset: nothing happens."""
+    if os.environ.get("PNS_MINI_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def repair_torn_tail(path: str | os.PathLike) -> int:
@@ -643,7 +683,7 @@ def load_problems(source: str, data_dir: str | os.PathLike | None = None, limit:
         (for "offline": 200).
     seed: only for "offline": which generated problems."""
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        raise DataError(f"--limit must be >= 0 or none, got {limit}")
     if source == "offline":
         return offline_problems(200 if limit is None else limit, seed)
     if source in BENCHMARKS or source == GSM8K_TRAIN.name:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,20 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # peft (0.21) asks transformers 5 for the deprecated alias; the warning is about peft, not us.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+class _KernelsNoticeFilter(logging.Filter):
+    """bitsandbytes is imported (by peft) even when nothing is 4-bit, and on CPUs with AVX512-BF16
+    it then warns that the optional `kernels` package for its 4-bit CPU matmul is missing. That
+    only matters for a 4-bit base on the CPU, so the notice is dropped unless one is loaded."""
+    four_bit_on_cpu = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.four_bit_on_cpu or "kernels" not in record.getMessage()
+
+
+_KERNELS_NOTICE = _KernelsNoticeFilter()
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KERNELS_NOTICE)
 
 
 class ModelLoadError(RuntimeError):
@@ -150,12 +165,17 @@ def load_model_and_tokenizer(
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    _KERNELS_NOTICE.four_bit_on_cpu |= load_in_4bit and dev.type == "cpu"
     tried = []
     try:
         base_path, adapter_from_name = resolve_model_path(name_or_path)
     except ModelLoadError:
         raise
     adapter = adapter or adapter_from_name
+    if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        what = "no such folder" if not Path(adapter).expanduser().is_dir() else "no adapter_config.json in it"
+        raise ModelLoadError(f"adapter '{adapter}': {what} (expected a LoRA folder saved by a training script, "
+                             f"e.g. runs/dpo/final)")
     tried.append(f"alias '{name_or_path}'" if name_or_path in EMBEDDED_MODELS else
                  f"local folder '{base_path}'" if Path(base_path).is_dir() else f"Hub id '{base_path}'")
 
@@ -171,7 +191,10 @@ def load_model_and_tokenizer(
         kwargs["num_labels"] = num_labels
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_path)
-        model = model_cls.from_pretrained(base_path, **kwargs)
+        if num_labels:
+            model = _load_with_new_score_head(model_cls, base_path, kwargs)
+        else:
+            model = model_cls.from_pretrained(base_path, **kwargs)
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise ModelLoadError(
@@ -202,7 +225,12 @@ def load_model_and_tokenizer(
             p.requires_grad_(False)
         if adapter:
             is_trainable = (lora_r > 0) if trainable is None else trainable
-            model = PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+            try:
+                model = PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+            except RuntimeError as e:  # torch's 35-line size-mismatch report: the adapter is for another base
+                recorded = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+                raise ModelLoadError(f"adapter '{adapter}' does not fit the base model '{name_or_path}': it was "
+                                     f"trained on '{recorded}' ({str(e).splitlines()[-1].strip()[:200]})") from None
         else:
             config = LoraConfig(
                 r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=LORA_TARGETS,
@@ -213,6 +241,26 @@ def load_model_and_tokenizer(
         model.peft_config["default"].base_model_name_or_path = name_or_path if name_or_path in EMBEDDED_MODELS \
             else model.peft_config["default"].base_model_name_or_path
     return model, tokenizer
+
+
+def _load_with_new_score_head(model_cls, base_path: str, kwargs: dict):
+    """A sequence-classification model on a causal LM: its score head is new by design (a reward
+    model to train), which transformers reports as a "newly initialized" table on every load. That
+    report is silenced; weights missing or unexpected beyond the head and the dropped LM head are
+    still warned about, in one line."""
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        model, info = model_cls.from_pretrained(base_path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logger.setLevel(level)
+    odd = [k for k in info.get("missing_keys", []) if not k.startswith("score.")] + \
+          [k for k in info.get("unexpected_keys", []) if not k.startswith("lm_head.")]
+    if odd:
+        warnings.warn(f"{base_path}: weights missing or unexpected beyond the new score head: "
+                      f"{', '.join(sorted(odd)[:5])}{' ...' if len(odd) > 5 else ''}", stacklevel=3)
+    return model
 
 
 def reference_model(model):

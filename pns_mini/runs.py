@@ -1,9 +1,15 @@
-"""The run folder: checkpoints with exact resume, metrics.jsonl, the LR schedule, and plots.
+"""The run folder: one resume guard, checkpoints with exact resume, metrics.jsonl, the LR
+schedule, and plots.
 
 A run folder holds config.json, metrics.jsonl (one row per step), samples.jsonl,
-checkpoints/step-N/ (adapter + optimizer + scheduler + RNG + data position), plots/*.png and
-report.md. Checkpoints are written to a temp folder and renamed, so a crash never leaves a
-checkpoint that resumes wrongly.
+checkpoints/step-N/ (adapter + optimizer + RNG + data position), plots/*.png and report.md.
+Checkpoints are written to a temp folder and renamed, so a crash never leaves a checkpoint that
+resumes wrongly. Every training script starts the same way:
+
+    check_run_folder(out, cfg, RESUMABLE)      # before anything is written; refuses a changed run
+    ... load data and model, then write config.json ...
+    step, extra = start_run(out, model, optimizer, [metrics_path])   # 0, or the latest checkpoint
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.lr_scheduler_type, step)
 """
 from __future__ import annotations
 
@@ -13,12 +19,13 @@ import os
 import random
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import iter_jsonl_tolerant
+from .data import DataError, iter_jsonl_tolerant, kill_point, repair_torn_tail
 from .modeling import save_pretrained
 
 
@@ -38,8 +45,15 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str = "cosin
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_scheduler(optimizer, warmup_steps: int, total_steps: int, kind: str = "cosine"):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, kind))
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, kind: str = "cosine", step: int = 0):
+    """LambdaLR positioned at optimizer step `step` (0: a new run; a resumed run: its checkpoint's
+    step, after the optimizer state is loaded). The schedule is a pure function of the step and the
+    run's length, so a resume rebuilds it rather than loading the old one: a run extended with a
+    larger --max-steps follows the schedule of its new length, not the old one's final LR of 0."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # the peak LR (a loaded optimizer state has it)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, kind),
+                                             last_epoch=step - 1)  # its first (internal) step sets step's LR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,8 +86,9 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
                     extra: dict | None = None, keep_last: int = 2) -> Path:
     """Write checkpoints/step-{step}/ atomically: the adapter (save_pretrained), and trainer.pt with
-    optimizer, scheduler, RNG states, step and `extra` (e.g. the data position). Older
-    checkpoints beyond `keep_last` are removed."""
+    optimizer, RNG states, step and `extra` (e.g. the data position); the scheduler state is kept
+    for inspection only (a resume rebuilds the schedule, see make_scheduler). Older checkpoints
+    beyond `keep_last` are removed."""
     ckpt_root = Path(output_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step}"
@@ -84,6 +99,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
     torch.save({"step": step, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "rng": rng_state(), "extra": extra or {}}, tmp / "trainer.pt")
+    kill_point(f"checkpoint:{step}")  # test hook: a kill -9 that leaves the temp folder behind
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -105,9 +121,10 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return Path(output_dir) / "checkpoints" / f"step-{steps[-1]}" if steps else None
 
 
-def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
-    """Restore adapter weights, optimizer, scheduler and RNG from checkpoints/step-N/. Returns
-    {"step", "extra"}. The model must already carry a LoRA adapter of the same shape."""
+def load_checkpoint(path: str | Path, model, optimizer) -> dict:
+    """Restore adapter weights, optimizer and RNG from checkpoints/step-N/. Returns {"step",
+    "extra"}. The model must already carry a LoRA adapter of the same shape. The LR schedule is
+    rebuilt afterwards by make_scheduler(..., step)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -119,10 +136,76 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
         raise FileNotFoundError(f"{path}: no adapter_model.safetensors in checkpoint")
     state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return {"step": state["step"], "extra": state["extra"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder: one guard before anything is written, then a start at step 0 or a resume
+# ---------------------------------------------------------------------------------------------
+ALWAYS_RESUMABLE = ("resume", "output_dir")
+
+
+def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...]) -> None:
+    """The resume guard of every training script, called before any file is written (config.json
+    included). A folder with a checkpoint holds a run: without --resume it is refused, so finished
+    work is never overwritten. With --resume the saved config.json must equal `cfg` except for the
+    fields in `resumable` (e.g. max_steps, which extends a run): any other change (the data, the
+    learning rate, ...) would make a different run under the old one's name. A folder without a
+    checkpoint (a run killed before its first one) starts again at step 0 (start_run), with or
+    without --resume."""
+    out = Path(out)
+    if not cfg.resume:
+        if list_checkpoints(out):
+            raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
+        return
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON config ({e}); cannot check that --resume continues the same run") from None
+    now = json.loads(json.dumps(asdict(cfg), default=str))
+    allowed = ALWAYS_RESUMABLE + tuple(resumable)
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
+               if k not in allowed and saved.get(k) != v]
+    if changed:
+        raise DataError(f"{path}: --resume with different settings ({'; '.join(changed)}); only "
+                        f"{', '.join('--' + k.replace('_', '-') for k in resumable)} may change. "
+                        f"Use the saved settings or a new --output-dir")
+
+
+def remove_stale_temps(out: str | Path) -> list[Path]:
+    """Remove what a kill -9 during an atomic write leaves behind: temp folders and files
+    (.final.tmp-*, .adapter.old-*, checkpoints/.step-N.tmp-*, metrics.tmp, ref_logps.pt.tmp). Only
+    call it where no other process writes into the folder. Returns what was removed."""
+    out = Path(out)
+    removed = []
+    for pattern in (".*.tmp-*", ".*.old-*", "*.tmp", "checkpoints/.step-*.tmp-*"):
+        for path in out.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+def start_run(out: str | Path, model, optimizer, logs: list[Path]) -> tuple[int, dict]:
+    """(step, extra) where the run starts, after check_run_folder: 0 and {} in a new folder (or one
+    whose run was killed before its first checkpoint), else the latest checkpoint's step and saved
+    `extra` (the data position), its weights, optimizer and RNG state loaded. Stale temp folders
+    are removed and the append-only `logs` are cut back to that step (a torn last line, and the
+    rows written after the checkpoint, which the run writes again), so they read as one
+    uninterrupted run."""
+    remove_stale_temps(out)
+    step, extra = 0, {}
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer)
+        step, extra = state["step"], state["extra"]
+    for path in logs:
+        repair_torn_tail(path)
+        truncate_metrics(path, step)
+    return step, extra
 
 
 # ---------------------------------------------------------------------------------------------
