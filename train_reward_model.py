@@ -68,6 +68,7 @@ from pns_mini.config import main_guard, save_config
 from pns_mini.data import DataError
 from pns_mini.generation import left_pad
 from pns_mini.losses import reward_model_loss
+from pns_mini.scorers import reward_model_text
 from pns_mini.modeling import (load_model_and_tokenizer, resolve_device, save_atomic, sequence_scores,
                                trainable_parameters)
 
@@ -185,8 +186,7 @@ def offline_pairs(n: int, seed: int) -> list[dict]:
         last = steps[-1][:m.start()] + f"{a} {op} {b} = {dollar}{wrong}" + steps[-1][m.end():]
         rejected = "\n".join(steps[:-1] + [last, data.final_answer_sentence(str(wrong))])
         pairs.append({
-            "prompt": [{"role": "system", "content": data.SYSTEM_PROMPT},
-                       {"role": "user", "content": data.prompt_text(p["question"])}],
+            "prompt": data.prompt_messages(p["question"]),  # the policy's prompt, as synthesize.py writes it
             "chosen": [{"role": "assistant", "content": p["solution"]}],
             "rejected": [{"role": "assistant", "content": rejected}],
             "id": p["id"], "gold": p["gold"], "rejected_answer": str(wrong), "kind": kind, "line": None})
@@ -205,17 +205,14 @@ def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple
 # ---------------------------------------------------------------------------------------------
 # Text -> tokens -> scores
 # ---------------------------------------------------------------------------------------------
-def encode(tokenizer, prompt, completion) -> list[int]:
-    """Token ids of one side of a pair, as TRL's RewardTrainer builds them."""
-    if isinstance(completion, list):  # conversational: the chat template, no generation prompt
-        if not getattr(tokenizer, "chat_template", None):
-            raise DataError("chat-message pairs need a tokenizer with a chat template; this one has none")
-        text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    text = prompt + completion
-    if not text.endswith(tokenizer.eos_token):
-        text += tokenizer.eos_token  # plain text: end with EOS, as TRL does
-    return tokenizer(text)["input_ids"]
+def encode(tokenizer, prompt, completion, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids of one side of a pair: `scorers.reward_model_text` (the text RewardModelScorer
+    scores, and TRL's RewardTrainer builds), tokenized as TRL tokenizes it."""
+    try:
+        text = reward_model_text(tokenizer, prompt, completion, chat_template_kwargs)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return tokenizer(text, add_special_tokens=not isinstance(prompt, list))["input_ids"]
 
 
 def score_rows(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -351,8 +348,9 @@ def main(cfg: Config) -> dict:
     dropped = 0
     for split in (train_pairs, eval_pairs):
         for p in split:
-            p["chosen_ids"], p["rejected_ids"] = encode(tokenizer, p["prompt"], p["chosen"]), encode(
-                tokenizer, p["prompt"], p["rejected"])
+            kw = p.get("chat_template_kwargs")
+            p["chosen_ids"], p["rejected_ids"] = (encode(tokenizer, p["prompt"], p["chosen"], kw),
+                                                  encode(tokenizer, p["prompt"], p["rejected"], kw))
         kept = [p for p in split if max(len(p["chosen_ids"]), len(p["rejected_ids"])) <= cfg.max_length]
         dropped += len(split) - len(kept)
         split[:] = kept

@@ -7,10 +7,10 @@ the paper, each behind one small interface:
 RewardModelScorer(model, tokenizer)(questions, completions) -> scores in [0, 1]; `.raw(...)` gives
     the logit-scale score (the paper reports raw RM scores such as +3.34 / -3.13). Two kinds:
     "classifier"  a sequence-classification model with one label (a Bradley-Terry reward model,
-                  e.g. written by train_reward_model.py). Input = the chat template of
-                  [system: SYSTEM_PROMPT, user: prompt_text(question), assistant: completion]
-                  (`reward_model_text`), no generation prompt: the text train_reward_model.py
-                  trains on (the pairs carry the same system + user prompt the policy saw).
+                  e.g. written by train_reward_model.py). Input = `reward_model_text`: the
+                  chat template of the policy's prompt (`data.prompt_messages`: system, the
+                  worked example, the question) + the completion as the assistant turn, no
+                  generation prompt; the very text train_reward_model.py trains on.
                   raw = the logit; normalised = sigmoid(raw).
     "generative"  an instruct model asked "Is the proposed solution correct? Answer with Yes or
                   No." (no gold answer is shown). One forward pass; from the next-token
@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from pns_mini.data import SYSTEM_PROMPT, prompt_text
+from pns_mini.data import format_prompt, prompt_messages
 from pns_mini.generation import left_pad
 from pns_mini.modeling import (ModelLoadError, load_model_and_tokenizer, position_ids_from_mask, reference_model,
                                resolve_model_path, sequence_scores)
@@ -109,19 +109,33 @@ def _split_on_slot(text: str) -> tuple[str, str]:
     return head, tail
 
 
-def reward_model_text(tokenizer, question: str, completion: str) -> str:
-    """The text a classifier reward model scores: the chat template of [system: SYSTEM_PROMPT,
-    user: prompt_text(question), assistant: completion], no generation prompt; the same text
-    train_reward_model.py builds from a synthesize.py pair."""
-    head, tail = reward_model_parts(tokenizer, question)
-    return head + completion + tail
+def reward_model_text(tokenizer, prompt: list[dict] | str, completion: list[dict] | str,
+                      chat_template_kwargs: dict | None = None) -> str:
+    """THE text a classifier reward model sees, in training and in scoring: one function, so a
+    trained reward model is never applied to inputs it was not trained on.
+
+    Conversational (`prompt` a message list, as synthesize.py writes it: system, the worked
+    example, the question): the chat template of prompt + [assistant: completion], no generation
+    prompt, with the pair's `chat_template_kwargs` (e.g. enable_thinking), exactly what TRL's
+    RewardTrainer renders from the same pair. String prompt: prompt + completion + EOS (TRL adds
+    the EOS to string pairs too). train_reward_model.py tokenizes this text; RewardModelScorer
+    builds it for `data.prompt_messages(question)` (`reward_model_parts`)."""
+    if isinstance(prompt, list):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat-message pairs need a tokenizer with a chat template; this one has none")
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        return tokenizer.apply_chat_template(prompt + completion, tokenize=False, **(chat_template_kwargs or {}))
+    text = prompt + completion
+    return text if text.endswith(tokenizer.eos_token) else text + tokenizer.eos_token
 
 
-def reward_model_parts(tokenizer, question: str) -> tuple[str, str]:
-    """(text before the completion, text after it) for the classifier reward model."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt_text(question)},
-                {"role": "assistant", "content": COMPLETION_SLOT}]
-    return _split_on_slot(_chat(tokenizer, messages, add_generation_prompt=False))
+def reward_model_parts(tokenizer, question: str, chat_template_kwargs: dict | None = None) -> tuple[str, str]:
+    """(text before the completion, text after it) of `reward_model_text` for the prompt the
+    policy saw: `data.prompt_messages(question)` (or `format_prompt`'s plain layout without a
+    chat template)."""
+    prompt = prompt_messages(question) if getattr(tokenizer, "chat_template", None) else format_prompt(tokenizer, question)
+    return _split_on_slot(reward_model_text(tokenizer, prompt, COMPLETION_SLOT, chat_template_kwargs))
 
 
 def verifier_parts(tokenizer, question: str) -> tuple[str, str]:
@@ -249,8 +263,9 @@ class RewardModelScorer(_BatchedScorer):
     None picks "classifier" for a *ForSequenceClassification model, else "generative"."""
 
     def __init__(self, model, tokenizer, *, kind: str | None = None, use_reference: bool = False,
-                 batch_size: int = 8, max_length: int = 2048):
+                 batch_size: int = 8, max_length: int = 2048, chat_template_kwargs: dict | None = None):
         super().__init__(model, tokenizer, use_reference=use_reference, batch_size=batch_size, max_length=max_length)
+        self.chat_template_kwargs = chat_template_kwargs  # the classifier's template switches, as in its pairs
         is_classifier = type(_unwrapped(model)).__name__.endswith("ForSequenceClassification")
         self.kind = kind or ("classifier" if is_classifier else "generative")
         if self.kind not in ("classifier", "generative"):
@@ -269,7 +284,7 @@ class RewardModelScorer(_BatchedScorer):
 
     def _parts(self, question: str) -> tuple[str, str]:
         if self.kind == "classifier":
-            return reward_model_parts(self.tokenizer, question)
+            return reward_model_parts(self.tokenizer, question, self.chat_template_kwargs)
         return verifier_parts(self.tokenizer, question)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -278,13 +293,17 @@ class RewardModelScorer(_BatchedScorer):
         logp = self._next_token_logprobs(ids, mask)  # (B, V)
         return logp[:, self.yes_ids].logsumexp(-1) - logp[:, self.no_ids].logsumexp(-1)  # (B,) log p(Yes)/p(No)
 
-    def raw(self, questions: list[str], completions: list[str]) -> list[float]:
+    def rows(self, questions: list[str], completions: list[str]) -> list[list[int]]:
+        """The token rows the model scores, one per (question, completion)."""
         _check_lengths(questions, completions)
         rows = []
         for question, completion in zip(questions, completions):
             head, tail = self._parts(question)
             rows.append(encode_with_completion(self.tokenizer, head, completion, tail, self.max_length))
-        return self._run(rows).tolist()
+        return rows
+
+    def raw(self, questions: list[str], completions: list[str]) -> list[float]:
+        return self._run(self.rows(questions, completions)).tolist()
 
     def __call__(self, questions: list[str], completions: list[str]) -> list[float]:
         return [_sigmoid(r) for r in self.raw(questions, completions)]

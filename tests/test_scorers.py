@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-from pns_mini.data import offline_problems
+from pns_mini.data import offline_problems, prompt_messages
 from pns_mini.modeling import ModelLoadError, load_model_and_tokenizer, save_atomic
 from pns_mini.scorers import (JUDGE_RUBRIC, JudgeScorer, RewardModelScorer, build_scorers, encode_with_completion,
                               judge_parts, reward_model_text, verifier_parts)
@@ -146,7 +146,7 @@ def test_classifier_reward_model_scores_the_chat_text(classifier_dir, tiny, toke
     assert rm(QUESTIONS, COMPLETIONS) == pytest.approx([1 / (1 + math.exp(-r)) for r in raw], abs=1e-12)
     assert max(raw) - min(raw) > 1e-3  # the inputs are told apart
     # by hand: the logit of one unpadded row of the chat-templated text
-    text = reward_model_text(tokenizer, QUESTIONS[1], COMPLETIONS[1])
+    text = reward_model_text(tokenizer, prompt_messages(QUESTIONS[1]), COMPLETIONS[1])
     assert "<|im_start|>assistant\n" + COMPLETIONS[1] + "<|im_end|>" in text
     with torch.no_grad():
         logit = rm.model(torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])).logits[0, 0]

@@ -28,19 +28,18 @@ TIMING = ("step_time_s",)
 
 
 def write_pairs(path, n=16, long_one=True):
-    """n arithmetic pairs in synthesize.py's layout (prompt = [system: SYSTEM_PROMPT, user:
-    prompt_text(q)]), plus one pair whose chosen side is far over the tests' max_length (200)."""
+    """n arithmetic pairs in synthesize.py's layout (prompt = data.prompt_messages(q): system, the
+    worked example, the question), plus one pair whose chosen side is far over the tests' max_length."""
     rng = random.Random(0)
     rows = []
     for _ in range(n):
         a, b = rng.randint(2, 50), rng.randint(2, 50)
-        prompt = [{"role": "system", "content": data.SYSTEM_PROMPT},
-                  {"role": "user", "content": data.prompt_text(f"What is {a} + {b}?")}]
+        prompt = data.prompt_messages(f"What is {a} + {b}?")
         rows.append({"prompt": prompt,
                      "chosen": [{"role": "assistant", "content": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."}],
                      "rejected": [{"role": "assistant", "content": f"{a} + {b} = {a + b + 1}. The answer is \\boxed{{{a + b + 1}}}."}]})
     if long_one:
-        rows.append({**rows[0], "prompt": [rows[0]["prompt"][0], {"role": "user", "content": data.prompt_text("What is 1 + 1?")}],
+        rows.append({**rows[0], "prompt": data.prompt_messages("What is 1 + 1?"),
                      "chosen": [{"role": "assistant", "content": "one plus one " * 150 + "= \\boxed{2}"}]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -72,8 +71,7 @@ def test_offline_pairs_alter_only_the_last_step_and_answer():
     questions = {q["id"]: q["question"] for q in data.load_problems("offline", limit=30, seed=0)}
     assert {p["kind"] for p in pairs} == {"slip", "wrong_op"}
     for p in pairs:
-        assert p["prompt"] == [{"role": "system", "content": data.SYSTEM_PROMPT},
-                               {"role": "user", "content": data.prompt_text(questions[p["id"]])}]
+        assert p["prompt"] == data.prompt_messages(questions[p["id"]])
         chosen, rejected = p["chosen"][0]["content"].split("\n"), p["rejected"][0]["content"].split("\n")
         assert data.last_boxed(p["chosen"][0]["content"]) == p["gold"]
         assert data.last_boxed(p["rejected"][0]["content"]) == p["rejected_answer"] != p["gold"]
@@ -112,6 +110,24 @@ def test_padded_batch_gives_the_scores_of_unpadded_singles(tiny_model_dir):
         singles = torch.cat([trm.score_rows(model, [r], tok.pad_token_id) for r in rows])
     torch.testing.assert_close(batched, singles, atol=1e-5, rtol=1e-5)
     assert batched.unique().numel() == 3  # three different texts, three different scores
+
+
+def test_trained_and_scored_inputs_are_the_same_tokens(tiny_model_dir):
+    """One pair as synthesize.py writes it: the tokens train_reward_model.py trains on, the tokens
+    RewardModelScorer scores in stage 1 and synthesis, and TRL's RewardTrainer tokens are one row."""
+    from trl.data_utils import _tokenize
+
+    from pns_mini.scorers import RewardModelScorer
+    model, tok = load_model_and_tokenizer(tiny_model_dir, num_labels=1, device="cpu")
+    question = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    solution = "Tom starts with 3 apples and buys 4 more, so he has 3 + 4 = 7 apples. The answer is \\boxed{7}."
+    pair = {"prompt": data.prompt_messages(question), "chosen": [{"role": "assistant", "content": solution}],
+            "chat_template_kwargs": {"enable_thinking": False}}
+    trained = trm.encode(tok, pair["prompt"], pair["chosen"], pair["chat_template_kwargs"])
+    scored = RewardModelScorer(model, tok, kind="classifier").rows([question], [solution])[0]
+    trl_ids = _tokenize(tok, pair["prompt"] + pair["chosen"], tools=None, **pair["chat_template_kwargs"])["input_ids"]
+    assert trained == scored == list(trl_ids)
+    assert tok.decode(trained).count("<|im_start|>user") == 2  # the worked example and the question
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,10 +195,10 @@ def test_final_folder_loads_in_the_stage1_scorer(smoke):
     out = Path(cfg.output_dir)
     samples = runs.read_metrics(out / "samples.jsonl")
     scorer = RewardModelScorer(*load_model_and_tokenizer(str(out / "final"), num_labels=1, device="cpu"), kind="classifier")
-    # The pairs use synthesize.py's layout ([system, user: prompt_text(q)], [assistant: completion]);
-    # the scorer builds the same text from (question, completion), so it must give the same scores.
-    questions = [s["prompt"][1]["content"].split("\n")[0] for s in samples]
-    assert all(s["prompt"][1]["content"] == data.prompt_text(q) for s, q in zip(samples, questions))
+    # The pairs use synthesize.py's layout (data.prompt_messages(q), [assistant: completion]); the
+    # scorer builds the same text from (question, completion), so it must give the same scores.
+    questions = [s["prompt"][-1]["content"].split("\n")[0] for s in samples]
+    assert all(s["prompt"] == data.prompt_messages(q) for s, q in zip(samples, questions))
     raw = scorer.raw(questions, [s["chosen"][0]["content"] for s in samples])
     assert raw == pytest.approx([s["chosen_score"] for s in samples], abs=1e-4)
 
