@@ -241,3 +241,18 @@ def test_folder_top_k_does_not_confine_sampling(processor_model_dir, engine):
     out = sample(model, tok, [format_prompt(tok, "What is 2+3?")], num_samples=64, temperature=1.0,
                  max_new_tokens=1, seed=0, engine=engine)
     assert len(set(out.completion_ids[:, 0].tolist())) > 20  # a top_k of 20 would allow at most 20
+
+
+def test_evaluate_greedy_records_are_the_plain_argmax(processor_model_dir, tmp_path):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evaluate.py lives at the repo root
+    import evaluate
+    evaluate.main(evaluate.Config(model=processor_model_dir, benchmarks="offline", limit=2, max_completion_length=16,
+                                  batch_size=2, output_dir=str(tmp_path / "eval")))
+    model, tok = load_model_and_tokenizer(processor_model_dir)
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        prompt_ids = torch.tensor(tok(row["prompt"], add_special_tokens=False)["input_ids"])
+        expected = _argmax_decode(model, prompt_ids, row["num_tokens"])
+        assert row["completion"] == tok.decode(expected, skip_special_tokens=True)
