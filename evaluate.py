@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pns_mini import data, generation, grading, modeling
+from pns_mini import data, generation, grading, modeling, runs
 from pns_mini.config import main_guard, save_config
 
 
@@ -419,6 +419,7 @@ def main(cfg: Config) -> dict:
         model, tokenizer = modeling.load_model_and_tokenizer(cfg.model, adapter=cfg.adapter)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config_path)
+    runs.remove_stale_temps(out)  # a killed write_atomic's .samples.jsonl.tmp-PID
 
     if n_pending:
         for name, ps in problems.items():  # a changed template would mix two prompts in one table

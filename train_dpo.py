@@ -356,8 +356,6 @@ def main(cfg: Config) -> dict:
         raise DataError(f"{cfg.pairs}: {len(pairs)} pairs kept now, {extra['num_pairs']} when the checkpoint was "
                         f"saved: the data order would not continue; use the same pairs file")
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.lr_scheduler_type, step)
-    if step:
-        tqdm.write(f"resuming {out} at step {step} ({pairs_seen} pairs seen)")
     warned = any(r.get("warning/chosen_logp_drop") for r in read_metrics(metrics_path))
 
     bar = tqdm(total=total_steps, initial=step, desc="dpo", dynamic_ncols=True)

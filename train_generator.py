@@ -378,8 +378,6 @@ def main(cfg: Config) -> dict:
         raise DataError(f"{out}/checkpoints/step-{step}: saved with {extra['num_problems']} problems, now "
                         f"{len(problems)}: the data order would not continue; use the same --problems/--limit")
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type, step)
-    if step:
-        tqdm.write(f"resumed from {out}/checkpoints/step-{step} ({position} problems seen)")
     if cfg.warmup_steps >= cfg.max_steps:
         tqdm.write(f"note: warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the LR never reaches its peak")
 

@@ -366,8 +366,6 @@ def main(cfg: Config) -> dict:
     # step 0, or the latest checkpoint (none yet: step 0); the LR schedule is rebuilt for max_steps
     start_step, _ = runs.start_run(out, model, optimizer, [metrics_path])
     scheduler = runs.make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type, start_step)
-    if start_step:
-        print(f"resumed from {out}/checkpoints/step-{start_step} (step {start_step})")
 
     pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     model.train()

@@ -202,9 +202,15 @@ def start_run(out: str | Path, model, optimizer, logs: list[Path]) -> tuple[int,
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer)
         step, extra = state["step"], state["extra"]
+    dropped = 0
     for path in logs:
         repair_torn_tail(path)
-        truncate_metrics(path, step)
+        dropped += truncate_metrics(path, step)
+    if step:
+        print(f"resuming {out} from {ckpt} ({dropped} log row(s) written after it dropped, to be written again)")
+    elif dropped:
+        print(f"{out}: no checkpoint yet, so the run starts again at step 0 ({dropped} log row(s) of the "
+              f"interrupted run dropped)")
     return step, extra
 
 
@@ -215,16 +221,19 @@ def read_metrics(path: str | Path) -> list[dict]:
     return list(iter_jsonl_tolerant(path))
 
 
-def truncate_metrics(path: str | Path, last_step: int) -> None:
+def truncate_metrics(path: str | Path, last_step: int) -> int:
     """Keep only rows with step <= last_step (rows written after the checkpoint we resume from
-    are written again by the resumed run, so the file reads as one uninterrupted run)."""
+    are written again by the resumed run, so the file reads as one uninterrupted run). Returns
+    the number of rows dropped."""
     path = Path(path)
     if not path.exists():
-        return
-    rows = [r for r in iter_jsonl_tolerant(path) if r.get("step", 0) <= last_step]
+        return 0
+    rows = list(iter_jsonl_tolerant(path))
+    kept = [r for r in rows if r.get("step", 0) <= last_step]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, path)
+    return len(rows) - len(kept)
 
 
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path, panels: dict[str, list[str]],

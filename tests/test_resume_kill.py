@@ -48,6 +48,13 @@ def cli(script: str, args: list[str], kill_at: str | None = None, runner: str | 
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def runner(script: str, patch: str) -> str:
+    """A -c program that runs `script`'s command line with a test double put in place by `patch`."""
+    module = script.removesuffix(".py")
+    return (f"import sys\nfrom pns_mini.config import main_guard\nimport {module}\n{patch}\n"
+            f"sys.argv = ['{script}', *sys.argv[1:]]\nmain_guard({module}.main, {module}.Config, {module}.__doc__)\n")
+
+
 def killed(proc) -> None:
     assert proc.returncode == -9, f"expected a SIGKILL, got rc {proc.returncode}:\n{proc.stderr[-3000:]}"
 
@@ -73,8 +80,7 @@ def assert_same_rows(a: list[dict], b: list[dict], timing: tuple[str, ...]):
     a = [{k: v for k, v in r.items() if k not in timing} for r in a]
     b = [{k: v for k, v in r.items() if k not in timing} for r in b]
     assert [r.get("step") for r in a] == [r.get("step") for r in b]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys() and ra == pytest.approx(rb, rel=1e-5, abs=1e-6), (ra, rb)
+    assert_close(a, b, "metrics")
 
 
 def rows(path) -> list[dict]:
@@ -102,15 +108,9 @@ def assert_close(a, b, where="row"):
 # ---------------------------------------------------------------------------------------------
 # train_generator.py with test_train_generator's deterministic fake reward (the random model never
 # writes a well-formed answer, so under the real reward nothing would move)
-GENERATOR_RUNNER = """import sys
-from pns_mini import rewards
-from pns_mini.config import main_guard
-from test_train_generator import fake_score_completions
-import train_generator
-rewards.score_completions = fake_score_completions
-sys.argv = ["train_generator.py", *sys.argv[1:]]
-main_guard(train_generator.main, train_generator.Config, train_generator.__doc__)
-"""
+GENERATOR_RUNNER = runner("train_generator.py", "from test_train_generator import fake_score_completions\n"
+                                                  "from pns_mini import rewards\n"
+                                                  "rewards.score_completions = fake_score_completions")
 
 
 def test_generator_killed_before_its_first_checkpoint_restarts_cleanly(tmp_path, tiny_model_dir, monkeypatch):
@@ -120,11 +120,13 @@ def test_generator_killed_before_its_first_checkpoint_restarts_cleanly(tmp_path,
     args = ["--model", tiny_model_dir, "--problems", "offline", "--limit", "4", "--prompts-per-step", "2",
             "--num-generations", "2", "--per-device-train-batch-size", "4", "--max-completion-length", "8",
             "--max-steps", "2", "--warmup-steps", "1", "--learning-rate", "1e-3", "--lora-dropout", "0.1",
-            "--save-steps", "50", "--log-samples-steps", "1", "--scorer-batch-size", "16"]
+            "--save-steps", "50", "--log-samples-steps", "1",
+            "--reward-weights", "format=1,accuracy=1,reward_model=0,judge=0"]  # no scorer models: faster
     killed(cli("", [*args, "--output-dir", str(out)], kill_at="metrics.jsonl:1", runner=GENERATOR_RUNNER))
     assert len(rows(out / "metrics.jsonl")) == 1 and not (out / "checkpoints").exists()
     proc = cli("", [*args, "--output-dir", str(out), "--resume"], runner=GENERATOR_RUNNER)
     finished(proc, out, str(out / "final"))
+    assert "no checkpoint yet, so the run starts again at step 0 (1 log row(s) of the interrupted run dropped)" in proc.stdout
 
     monkeypatch.setattr(rewards, "score_completions", fake_score_completions)
     straight = train_generator.main(parse_config(train_generator.Config, [*args, "--output-dir", str(tmp_path / "s")]))
@@ -201,14 +203,8 @@ def seeded_candidates(model, tokenizer, prompts, cfg, seed):
     return out
 
 
-SYNTH_RUNNER = """import sys
-import synthesize
-from pns_mini.config import main_guard
-from test_resume_kill import seeded_candidates
-synthesize.sample_candidates = seeded_candidates
-sys.argv = ["synthesize.py", *sys.argv[1:]]
-main_guard(synthesize.main, synthesize.Config, synthesize.__doc__)
-"""
+SYNTH_RUNNER = runner("synthesize.py", "from test_resume_kill import seeded_candidates\n"
+                                       "synthesize.sample_candidates = seeded_candidates")
 
 
 def test_synthesis_killed_between_pairs_writes_the_uninterrupted_pairs(tmp_path, tiny_model_dir, monkeypatch):
