@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -167,9 +167,11 @@ def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...]) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a JSON config ({e}); cannot check that --resume continues the same run") from None
     now = json.loads(json.dumps(asdict(cfg), default=str))
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(cfg) if f.default is not MISSING}, default=str))
+    saved = {**defaults, **saved}  # a field newer than the saved config counts as its default
     allowed = ALWAYS_RESUMABLE + tuple(resumable)
-    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
-               if k not in allowed and saved.get(k) != v]
+    changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}" for k, v in now.items()
+               if k not in allowed and saved[k] != v]
     if changed:
         raise DataError(f"{path}: --resume with different settings ({'; '.join(changed)}); only "
                         f"{', '.join('--' + k.replace('_', '-') for k in resumable)} may change. "
