@@ -122,6 +122,20 @@ def test_loop_greedy_equals_generate_with_rows_stopping_early(tiny_model_dir, nu
     assert torch.equal(a.completion_ids * a.completion_mask, b.completion_ids * b.completion_mask)
 
 
+def test_static_and_dynamic_cache_give_the_same_tokens(tiny_model_dir):
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    prompts = _questions(3)
+    handle = _eos_sometimes(model, tok)
+    try:
+        a = sample(model, tok, prompts, num_samples=2, temperature=1.0, max_new_tokens=12, seed=1)
+        b = sample(model, tok, prompts, num_samples=2, temperature=1.0, max_new_tokens=12, seed=1,
+                   cache_implementation="dynamic")
+    finally:
+        handle.remove()
+    assert torch.equal(a.completion_ids, b.completion_ids) and len(set(a.lengths.tolist())) > 1
+    assert (a.logprobs - b.logprobs).abs().max().item() < 1e-5
+
+
 def test_loop_greedy_equals_generate_smollm2():
     model, tok = load_model_and_tokenizer("smollm2-135m")
     prompts = [format_prompt(tok, q) for q in _questions(3)]

@@ -102,7 +102,7 @@ def test_dpo_trainer_one_step_on_a_synthesize_pairs_file(tiny_model_dir, tmp_pat
             chosen = p["solution"].splitlines()[-1]  # short, to keep the step fast
             wrong = str(int(p["gold"]) + 2)
             rejected = chosen.replace(f"\\boxed{{{p['gold']}}}", f"\\boxed{{{wrong}}}")
-            row = {"id": p["id"], **synthesize.messages(types.SimpleNamespace(pair_format="conversational"), tok,
+            row = {"id": p["id"], **synthesize.messages(types.SimpleNamespace(pair_format="conversational", enable_thinking=False), tok,
                                                          p["question"], chosen, rejected),
                    # the metadata columns synthesize.py writes next to the three TRL fields
                    "gold": p["gold"], "chosen_answer": p["gold"], "rejected_answer": wrong,
