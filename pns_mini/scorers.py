@@ -13,18 +13,33 @@ RewardModelScorer(model, tokenizer)(questions, completions) -> scores in [0, 1];
                   generation prompt; the very text train_reward_model.py trains on.
                   raw = the logit; normalised = sigmoid(raw).
     "generative"  an instruct model asked "Is the proposed solution correct? Answer with Yes or
-                  No." (no gold answer is shown). One forward pass; from the next-token
-                  distribution, raw = log p(Yes) - log p(No), where p(Yes) sums the single-token
-                  variants "Yes" and " Yes" (same for No); normalised = p(Yes) / (p(Yes) + p(No))
-                  = sigmoid(raw). The default when no reward model is given.
+                  No." (no gold answer is shown), after the problem and the solution. From the
+                  next-token distribution, raw = log p(Yes) - log p(No), where p(Yes) sums the
+                  single-token variants "Yes" and " Yes" (same for No); normalised =
+                  p(Yes) / (p(Yes) + p(No)) = sigmoid(raw). The default when no reward model is given.
 JudgeScorer(model, tokenizer)(questions, completions) -> scores in [0, 1]: the judge rates the
     reasoning on each criterion of the FIXED rubric `JUDGE_RUBRIC` (0-3), one prompt per
-    criterion, batched, its answer turn pre-filled with "Score:". The score of a criterion is
-    the probability-weighted digit read from the next-token distribution over "0".."3":
+    criterion (the problem, the solution, then "Score it from 0 to 3 on: <criterion>"), its
+    answer turn pre-filled with "Score:". The score of a criterion is the probability-weighted
+    digit read from the next-token distribution over "0".."3":
     E = sum_k k p(k) / sum_k p(k), so it is never unparseable and varies smoothly.
     normalised = mean over criteria of E / 3. The judge is NOT told the gold answer: it rates
     how plausible the reasoning looks, not whether it is right. `score_detailed` gives the
-    per-criterion expected scores (0-3). Cost: one forward per criterion, ~4x the verifier's.
+    per-criterion expected scores (0-3).
+
+Shared-prefix scoring (SharedPrefixScorer): the verifier and the four criteria are five prompts
+that differ only AFTER the completion (SCORING_HEAD + a short question). Their common tokens
+(template start, problem, solution) are prefilled once per completion into a DynamicCache, the
+cache is copied to the five tails, and only the tails (~25-45 tokens) run on top of it, padded in
+the middle so that every row ends at its last column. The scores equal the full forward of each
+prompt (tested to 1e-4 on the real model in fp32). When the reward model and the judge are the
+same model (build_scorers' default: the policy's base), they share one SharedPrefixScorer: the
+first call on a batch computes all five scores and the second is served from it (so a run that
+calls only one of them still pays for all five tails). Measured on
+SmolLM2-135M, 8 completions (benchmarks/scoring.py, CPU): the verifier + judge cost 2.1x one
+verifier pass on ~65-token completions (5.8x unshared) and 1.56x on ~260-token ones (5.0x
+unshared): the ratio is ~(Lp + 5 T) / (Lp + T_verifier) for a shared part of Lp tokens and tails
+padded to T, so it falls toward 1 as completions grow.
 
 Shared mechanics: inputs are left-padded and batched (sorted by length, so little padding), with
 position ids that skip the padding, so a score does not depend on the batch it was in. Every
@@ -42,6 +57,7 @@ whenever the judge / generative RM is the policy's own base model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -52,17 +68,20 @@ from pns_mini.modeling import (ModelLoadError, load_model_and_tokenizer, positio
                                resolve_model_path, sequence_scores)
 
 # ---------------------------------------------------------------------------------------------
-# Prompts. The completion is inserted through a placeholder so that we can tokenize the text
-# before it, the completion, and the text after it separately (needed to truncate the completion
-# from its start while keeping the template intact).
+# Prompts. The verifier and every judge criterion ask their question AFTER one shared head (the
+# problem and the solution), so the head is prefilled once per completion and only the short
+# questions ("tails") are run per score. The completion is inserted through a placeholder so
+# that we can tokenize the text before it, the completion, and the text after it separately
+# (needed to truncate the completion from its start while keeping the template intact).
 # ---------------------------------------------------------------------------------------------
 COMPLETION_SLOT = "\x00PNS-COMPLETION\x00"
 
-VERIFIER_PROMPT = (
+SCORING_HEAD = (
     "Below is a math problem and a proposed solution.\n\n"
     "Problem:\n{question}\n\n"
-    "Proposed solution:\n{completion}\n\n"
-    "Is the proposed solution correct, with the right final answer? Answer with Yes or No.")
+    "Proposed solution:\n{completion}\n\n")
+VERIFIER_QUESTION = "Is the proposed solution correct, with the right final answer? Answer with Yes or No."
+VERIFIER_PROMPT = SCORING_HEAD + VERIFIER_QUESTION
 YES_VARIANTS = ("Yes", " Yes")
 NO_VARIANTS = ("No", " No")
 
@@ -77,18 +96,18 @@ JUDGE_RUBRIC: dict[str, str] = {
     "completeness": "The solution covers every part of the problem, skips no needed step, "
                     "and ends with a clearly stated final answer.",
 }
-JUDGE_SCALE = "0 = absent or badly flawed, 1 = weak, 2 = mostly good with minor issues, 3 = fully met"
 JUDGE_SCORES = ("0", "1", "2", "3")
-JUDGE_PROMPT = (
-    "You are grading the reasoning in a student's solution to a math problem, on one criterion.\n\n"
-    "Criterion \"{name}\": {description}\n"
-    "Scale: {scale}\n\n"
-    "Problem:\n{question}\n\n"
-    "Solution:\n{completion}\n\n"
-    "Rate the solution on the criterion \"{name}\". Reply with a single digit from 0 to 3.")
-# The judge's answer turn is pre-filled with this, so that the next token is the digit. On
-# SmolLM2-135M-Instruct it moves the probability mass on "0".."3" from ~5% to ~43%.
+# Short on purpose: this tail runs once per criterion on top of the shared head, and its length is
+# what the judge costs beyond the verifier (SharedPrefixScorer). On SmolLM2-135M-Instruct (4
+# reference solutions, 4 nonsense ones) it also read best: p("0".."3") 0.73, mean score 1.79 vs
+# 1.46, where a 60-token wording with the criterion's name and a 4-step scale had 0.47, 1.64 vs 1.59.
+JUDGE_QUESTION = "Score it from 0 to 3 on: {description}"
+JUDGE_PROMPT = SCORING_HEAD + JUDGE_QUESTION
+# The judge's answer turn is pre-filled with this, so that the next token is the digit (on
+# SmolLM2-135M-Instruct it moved the probability mass on "0".."3" from ~5% to ~43% with an
+# earlier, longer judge prompt).
 JUDGE_ANSWER_PREFIX = "Score:"
+VERIFIER = "verifier"  # the name of the verifier's tail, next to the criteria names
 
 
 def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -139,19 +158,26 @@ def reward_model_parts(tokenizer, question: str, chat_template_kwargs: dict | No
 
 
 def verifier_parts(tokenizer, question: str) -> tuple[str, str]:
-    """(text before the completion, text after it) for the generative reward model: the verifier
-    question as the user turn, followed by the assistant generation prompt."""
+    """(text before the completion, text after it) for the generative reward model: the shared
+    head with the verifier question as the user turn, followed by the assistant generation prompt."""
     user = VERIFIER_PROMPT.format(question=question.strip(), completion=COMPLETION_SLOT)
     return _split_on_slot(_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True))
 
 
 def judge_parts(tokenizer, question: str, name: str, answer_prefix: str = "") -> tuple[str, str]:
     """(text before the completion, text after it) for one rubric criterion; the text after it
-    ends with the assistant generation prompt followed by `answer_prefix`."""
-    user = JUDGE_PROMPT.format(name=name, description=JUDGE_RUBRIC[name], scale=JUDGE_SCALE,
-                               question=question.strip(), completion=COMPLETION_SLOT)
+    ends with the assistant generation prompt followed by `answer_prefix`. The text before it is
+    the verifier's: the criterion is asked after the solution, so the head can be shared."""
+    user = JUDGE_PROMPT.format(description=JUDGE_RUBRIC[name], question=question.strip(), completion=COMPLETION_SLOT)
     head, tail = _split_on_slot(_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True))
     return head, tail + answer_prefix
+
+
+def judge_answer_prefix(tokenizer) -> str:
+    """JUDGE_ANSWER_PREFIX, plus a space where the tokenizer splits the space off a digit: "Score: 3"
+    is "Score", ":", " ", "3" in SmolLM2, Llama 3 and Qwen 2, so there "3" comes after the space."""
+    space_split = any(len(tokenizer(" " + k, add_special_tokens=False)["input_ids"]) > 1 for k in JUDGE_SCORES)
+    return JUDGE_ANSWER_PREFIX + (" " if space_split else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,20 +188,39 @@ def encode_with_completion(tokenizer, head: str, completion: str, tail: str, max
     the START of the completion (the final answer is at its end and must stay); if the head alone
     leaves the completion less than half of `max_length`, the head is cut from its start too.
     An input that fits is tokenized in one piece, exactly as tokenizer(head + completion + tail)."""
+    return encode_with_completions(tokenizer, head, completion, [tail], max_length)[0]
+
+
+def encode_with_completions(tokenizer, head: str, completion: str, tails: list[str],
+                            max_length: int) -> list[list[int]]:
+    """`encode_with_completion` for several tails after the same head + completion: one row per
+    tail. When the longest row is over `max_length`, every row gets the cut the longest tail
+    needs, so the rows still begin with the same head + completion tokens (and can share them)."""
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    whole = enc(head + completion + tail)
-    if len(whole) <= max_length:
+    whole = [enc(head + completion + tail) for tail in tails]
+    if max(map(len, whole)) <= max_length:
         return whole
-    h, c, t = enc(head), enc(completion), enc(tail)  # pieces, so the cut falls inside the completion
-    keep = min(len(c), max(max_length - len(h) - len(t), max_length // 2))
+    h, c, ts = enc(head), enc(completion), [enc(t) for t in tails]  # pieces, so the cut falls inside the completion
+    t = max(map(len, ts))
+    keep = min(len(c), max(max_length - len(h) - t, max_length // 2))
     c = c[len(c) - keep:]
-    over = len(h) + len(c) + len(t) - max_length
+    over = len(h) + len(c) + t - max_length
     if over > 0:
         h = h[over:]
-    if len(h) + len(c) + len(t) > max_length:
-        raise ValueError(f"max_length={max_length} is too small for the scoring prompt ({len(t)} tokens follow "
+    if len(h) + len(c) + t > max_length:
+        raise ValueError(f"max_length={max_length} is too small for the scoring prompt ({t} tokens follow "
                          f"the completion); raise max_length")
-    return h + c + t
+    return [h + c + tail for tail in ts]
+
+
+def shared_length(rows: list[list[int]]) -> int:
+    """How many leading tokens all `rows` have in common, leaving at least one token of each row
+    out of it (a row's score is read at its last token, which must be in its own tail)."""
+    n = min(map(len, rows)) - 1
+    for i in range(n):
+        if any(row[i] != rows[0][i] for row in rows[1:]):
+            return i
+    return n
 
 
 def single_token_ids(tokenizer, variants: tuple[str, ...]) -> list[int]:
@@ -203,7 +248,7 @@ def _inference(model, use_reference: bool):
 
 
 class _BatchedScorer:
-    """Holds the model and runs `self._forward(ids, mask) -> (B, ...)` over batches of token rows."""
+    """Holds the model and runs a `forward(ids, mask) -> (B, ...)` over batches of token rows."""
 
     def __init__(self, model, tokenizer, *, use_reference: bool = False, batch_size: int = 8, max_length: int = 2048):
         if batch_size < 1 or max_length < 16:
@@ -214,7 +259,7 @@ class _BatchedScorer:
         if self.pad_id is None:
             raise ValueError("the scorer's tokenizer has neither a pad nor an EOS token to pad with")
 
-    def _run(self, rows: list[list[int]]) -> torch.Tensor:
+    def _run(self, rows: list[list[int]], forward) -> torch.Tensor:
         """rows -> stacked per-row outputs (N, ...) on the CPU, in the input order. Rows are batched
         longest first so that each batch carries little padding."""
         if not rows:
@@ -226,7 +271,7 @@ class _BatchedScorer:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
                 ids, mask = left_pad([rows[i] for i in chunk], self.pad_id)
-                values = self._forward(ids.to(device), mask.to(device)).float().cpu()  # (B, ...)
+                values = forward(ids.to(device), mask.to(device)).float().cpu()  # (B, ...)
                 for j, i in enumerate(chunk):
                     out[i] = values[j]
         return torch.stack(out)
@@ -236,9 +281,6 @@ class _BatchedScorer:
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                             logits_to_keep=1, use_cache=False).logits[:, -1]  # (B, V)
         return logits.float().log_softmax(-1)
-
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
 
 def _sigmoid(x: float) -> float:
@@ -250,8 +292,146 @@ def _check_lengths(questions: list[str], completions: list[str]) -> None:
         raise ValueError(f"{len(questions)} questions but {len(completions)} completions: pass one question per completion")
 
 
+def _check_criteria(criteria: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The judge's criteria: a non-empty subset of JUDGE_RUBRIC (None: all of them)."""
+    chosen = tuple(JUDGE_RUBRIC) if criteria is None else tuple(criteria)
+    if not chosen or any(c not in JUDGE_RUBRIC for c in chosen):
+        raise ValueError(f"judge criteria must be a non-empty subset of {', '.join(JUDGE_RUBRIC)}; got {criteria}")
+    return chosen
+
+
 def _unwrapped(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# ---------------------------------------------------------------------------------------------
+# The generative verifier and the judge: short questions ("tails") after one shared head.
+# ---------------------------------------------------------------------------------------------
+class SharedPrefixScorer(_BatchedScorer):
+    """Next-token scores of one instruct model asked several questions about the same (question,
+    completion): the verifier (tail VERIFIER) and/or judge criteria (tails named by JUDGE_RUBRIC's
+    keys). Every prompt is SCORING_HEAD + its question, so a completion's token rows (one per
+    tail) begin with the same tokens: chat-template start, problem, solution. Per batch of pairs:
+
+      prefill  the common prefix of each pair's rows ONCE, into a DynamicCache:
+                 (B, Lp) left-padded -> cache layers (B, H, Lp, D)
+      copy     the cache for each of the k tails (DynamicCache.batch_repeat_interleave):
+                 -> (B*k, H, Lp, D), pair-major (pair 0's tails 0..k-1, then pair 1's, ...)
+      tails    one forward of all B*k tails on top of it. Each tail is left-padded IN THE MIDDLE
+               (pad tokens with attention mask 0 between the shared part and the tail), so every
+               row ends at its last column; position ids = cumsum(mask) - 1 over the whole row,
+               as for the full row; the score is read from the next-token distribution there:
+                 (B*k, T) -> (B*k, V) -> (B, k) scores
+
+    Same tokens, same positions, same attention: each score equals the full forward of its row
+    (to float rounding; tested to 1e-4 in fp32), and does not depend on the batch. Cost: one
+    prefill of Lp tokens plus k tails of T tokens, instead of k full rows of Lp + T tokens.
+    Memory: a batch's prefix cache is held k times (batch_size * k rows). share_prefix=False
+    runs every row in full, one pass per tail (the unshared baseline of benchmarks/scoring.py).
+
+    `scores(questions, completions, names)` computes EVERY tail for its rows and keeps the values
+    it was not asked for; the next call on the same rows is served from them, once. So a reward
+    model and a judge that share one SharedPrefixScorer (build_scorers' default) prefill each
+    completion once between them: train_generator.py and synthesize.py call one, then the other.
+    """
+
+    def __init__(self, model, tokenizer, *, tails: tuple[str, ...] = (VERIFIER, *JUDGE_RUBRIC),
+                 use_reference: bool = False, batch_size: int = 8, max_length: int = 2048, share_prefix: bool = True):
+        super().__init__(model, tokenizer, use_reference=use_reference, batch_size=batch_size, max_length=max_length)
+        self.tails, self.share_prefix = tuple(tails), share_prefix
+        criteria = [t for t in self.tails if t != VERIFIER]
+        if criteria:
+            _check_criteria(tuple(criteria))
+        if len(set(self.tails)) != len(self.tails) or not self.tails:
+            raise ValueError(f"tails must be distinct, non-empty names ({VERIFIER!r} or criteria); got {tails}")
+        if VERIFIER in self.tails:
+            self.yes_ids = single_token_ids(tokenizer, YES_VARIANTS)
+            self.no_ids = single_token_ids(tokenizer, NO_VARIANTS)
+        if criteria:
+            self.score_ids = [single_token_ids(tokenizer, (k, " " + k)) for k in JUDGE_SCORES]  # variants per score
+        self.answer_prefix = judge_answer_prefix(tokenizer)
+        self._kept: dict[tuple[str, str], dict[str, float]] = {}  # (question, completion) -> values not yet asked for
+
+    def _read(self, name: str, logp: torch.Tensor) -> torch.Tensor:
+        """The score of tail `name` from next-token log-probs (B, V) -> (B,)."""
+        if name == VERIFIER:  # log p(Yes) - log p(No), each summed over its single-token variants
+            return logp[:, self.yes_ids].logsumexp(-1) - logp[:, self.no_ids].logsumexp(-1)
+        per_score = torch.stack([logp[:, v].logsumexp(-1) for v in self.score_ids], dim=-1)  # (B, 4) log p(k)
+        weights = per_score.softmax(-1)  # (B, 4) p(k) / sum_k p(k): renormalised over the score tokens only
+        values = torch.arange(len(JUDGE_SCORES), dtype=weights.dtype, device=weights.device)  # 0, 1, 2, 3
+        return (weights * values).sum(-1)  # (B,) expected score
+
+    def rows(self, question: str, completion: str) -> list[list[int]]:
+        """The token rows of one pair, one per tail (in `self.tails` order): head + completion + tail."""
+        parts = [verifier_parts(self.tokenizer, question) if name == VERIFIER
+                 else judge_parts(self.tokenizer, question, name, self.answer_prefix) for name in self.tails]
+        head = parts[0][0]
+        if any(h != head for h, _ in parts):
+            raise ValueError("the chat template put tail-specific text before the completion; cannot share the head")
+        return encode_with_completions(self.tokenizer, head, completion, [t for _, t in parts], self.max_length)
+
+    def scores(self, questions: list[str], completions: list[str], names: tuple[str, ...]) -> list[dict[str, float]]:
+        """{name: score} for each pair, for the tails `names`."""
+        _check_lengths(questions, completions)
+        if any(n not in self.tails for n in names):
+            raise ValueError(f"this scorer asks {self.tails}; {names} were requested")
+        pairs = list(zip(questions, completions))
+        if not pairs:
+            return []
+        kept = self._kept
+        if all(p in kept and all(n in kept[p] for n in names) for p in pairs):
+            self._kept = {}  # served once: any later call computes afresh
+            return [{n: kept[p][n] for n in names} for p in pairs]
+        unique = list(dict.fromkeys(pairs))  # a repeated completion (same question) is scored once
+        values = dict(zip(unique, self._compute(unique)))
+        self._kept = {p: {n: v for n, v in d.items() if n not in names} for p, d in values.items()}
+        return [{n: values[p][n] for n in names} for p in pairs]
+
+    def _compute(self, pairs: list[tuple[str, str]]) -> list[dict[str, float]]:
+        rows = [self.rows(q, c) for q, c in pairs]  # (N, k) token rows
+        if self.share_prefix and len(self.tails) > 1:
+            values = self._run_shared(rows)  # (N, k)
+        else:  # every row in full, one pass per tail
+            values = torch.stack([self._run([r[j] for r in rows], functools.partial(self._full_rows, name))
+                                  for j, name in enumerate(self.tails)], dim=1)  # (N, k)
+        return [dict(zip(self.tails, v)) for v in values.tolist()]
+
+    def _full_rows(self, name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scores of tail `name` from full left-padded rows, no cache; (B, L) -> (B,)."""
+        return self._read(name, self._next_token_logprobs(ids, mask))
+
+    def _run_shared(self, rows: list[list[list[int]]]) -> torch.Tensor:
+        """Per pair, its k token rows -> (N, k) scores; each pair's common prefix runs once."""
+        from transformers import DynamicCache
+
+        k, device = len(self.tails), next(self.model.parameters()).device
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # longest first: little padding
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        with _inference(self.model, self.use_reference):
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                cut = [shared_length(rows[i]) for i in chunk]  # (B,) shared tokens of each pair
+                # --- prefill the shared part once per pair ---
+                ids, mask = left_pad([rows[i][0][:s] for i, s in zip(chunk, cut)], self.pad_id)  # (B, Lp)
+                ids, mask = ids.to(device), mask.to(device)
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                           cache=cache, use_cache=True, logits_to_keep=1)
+                cache.batch_repeat_interleave(k)  # every layer (B, H, Lp, D) -> (B*k, H, Lp, D)
+                # --- every tail on top of its pair's cache, left-padded in the middle ---
+                tail_ids, tail_mask = left_pad([row[s:] for i, s in zip(chunk, cut) for row in rows[i]],
+                                               self.pad_id)  # (B*k, T)
+                tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
+                full_mask = torch.cat([mask.repeat_interleave(k, dim=0), tail_mask], dim=1)  # (B*k, Lp + T)
+                positions = position_ids_from_mask(full_mask)[:, -tail_ids.shape[1]:]  # (B*k, T) as in the full row
+                logits = self.model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions,
+                                    cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B*k, V)
+                logp = logits.float().log_softmax(-1).view(len(chunk), k, -1)  # (B, k, V)
+                values = torch.stack([self._read(name, logp[:, j]) for j, name in enumerate(self.tails)],
+                                     dim=1).cpu()  # (B, k)
+                for j, i in enumerate(chunk):
+                    out[i] = values[j]
+        return torch.stack(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,10 +440,13 @@ def _unwrapped(model):
 class RewardModelScorer(_BatchedScorer):
     """Reward-model scores of (question, completion) pairs. `__call__` -> normalised scores in
     [0, 1] (= sigmoid(raw)); `raw` -> logit-scale scores. `kind` is "classifier" or "generative";
-    None picks "classifier" for a *ForSequenceClassification model, else "generative"."""
+    None picks "classifier" for a *ForSequenceClassification model, else "generative". A
+    generative one asks through `shared` (a SharedPrefixScorer with the VERIFIER tail, e.g. the
+    one it shares with a judge), or through its own when none is given."""
 
     def __init__(self, model, tokenizer, *, kind: str | None = None, use_reference: bool = False,
-                 batch_size: int = 8, max_length: int = 2048, chat_template_kwargs: dict | None = None):
+                 batch_size: int = 8, max_length: int = 2048, chat_template_kwargs: dict | None = None,
+                 shared: SharedPrefixScorer | None = None):
         super().__init__(model, tokenizer, use_reference=use_reference, batch_size=batch_size, max_length=max_length)
         self.chat_template_kwargs = chat_template_kwargs  # the classifier's template switches, as in its pairs
         is_classifier = type(_unwrapped(model)).__name__.endswith("ForSequenceClassification")
@@ -279,31 +462,26 @@ class RewardModelScorer(_BatchedScorer):
                                  f"(got {model.config.num_labels}, {model.config.pad_token_id}); "
                                  f"load it with load_model_and_tokenizer(path, num_labels=1)")
         else:
-            self.yes_ids = single_token_ids(tokenizer, YES_VARIANTS)
-            self.no_ids = single_token_ids(tokenizer, NO_VARIANTS)
-
-    def _parts(self, question: str) -> tuple[str, str]:
-        if self.kind == "classifier":
-            return reward_model_parts(self.tokenizer, question, self.chat_template_kwargs)
-        return verifier_parts(self.tokenizer, question)
-
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.kind == "classifier":
-            return sequence_scores(self.model, ids, mask)  # (B,) the logit of the last real token
-        logp = self._next_token_logprobs(ids, mask)  # (B, V)
-        return logp[:, self.yes_ids].logsumexp(-1) - logp[:, self.no_ids].logsumexp(-1)  # (B,) log p(Yes)/p(No)
+            self.shared = shared or SharedPrefixScorer(model, tokenizer, tails=(VERIFIER,), use_reference=use_reference,
+                                                       batch_size=batch_size, max_length=max_length)
+            if VERIFIER not in self.shared.tails:
+                raise ValueError(f"the shared scorer of a generative reward model must ask {VERIFIER!r}")
 
     def rows(self, questions: list[str], completions: list[str]) -> list[list[int]]:
         """The token rows the model scores, one per (question, completion)."""
         _check_lengths(questions, completions)
         rows = []
         for question, completion in zip(questions, completions):
-            head, tail = self._parts(question)
+            head, tail = (reward_model_parts(self.tokenizer, question, self.chat_template_kwargs)
+                          if self.kind == "classifier" else verifier_parts(self.tokenizer, question))
             rows.append(encode_with_completion(self.tokenizer, head, completion, tail, self.max_length))
         return rows
 
     def raw(self, questions: list[str], completions: list[str]) -> list[float]:
-        return self._run(self.rows(questions, completions)).tolist()
+        if self.kind == "generative":
+            return [d[VERIFIER] for d in self.shared.scores(questions, completions, (VERIFIER,))]
+        forward = lambda ids, mask: sequence_scores(self.model, ids, mask)  # noqa: E731 (B,) last real token's logit
+        return self._run(self.rows(questions, completions), forward).tolist()
 
     def __call__(self, questions: list[str], completions: list[str]) -> list[float]:
         return [_sigmoid(r) for r in self.raw(questions, completions)]
@@ -315,38 +493,25 @@ class RewardModelScorer(_BatchedScorer):
 class JudgeScorer(_BatchedScorer):
     """Rubric scores of the reasoning in (question, completion) pairs; the gold is never shown.
     `__call__` -> normalised scores in [0, 1] = mean over criteria of E/3; `raw` -> the mean
-    expected score on the 0-3 scale; `score_detailed` -> {criterion: expected score 0-3} per pair."""
+    expected score on the 0-3 scale; `score_detailed` -> {criterion: expected score 0-3} per pair.
+    It asks through `shared` (a SharedPrefixScorer holding its criteria, e.g. the one it shares
+    with the generative reward model), or through its own when none is given."""
 
     def __init__(self, model, tokenizer, *, use_reference: bool = False, batch_size: int = 8, max_length: int = 2048,
-                 criteria: tuple[str, ...] | None = None):
+                 criteria: tuple[str, ...] | None = None, share_prefix: bool = True,
+                 shared: SharedPrefixScorer | None = None):
         super().__init__(model, tokenizer, use_reference=use_reference, batch_size=batch_size, max_length=max_length)
-        # One forward per criterion: a subset (e.g. ("logical_flow",)) costs proportionally less on a CPU.
-        self.criteria = tuple(JUDGE_RUBRIC) if criteria is None else tuple(criteria)
-        unknown = [c for c in self.criteria if c not in JUDGE_RUBRIC]
-        if unknown or not self.criteria:
-            raise ValueError(f"judge criteria must be a non-empty subset of {', '.join(JUDGE_RUBRIC)}; got {criteria}")
-        self.score_ids = [single_token_ids(tokenizer, (k, " " + k)) for k in JUDGE_SCORES]  # variants per score
-        # "Score: 3" is "Score", ":", " ", "3" in tokenizers that split the space off a digit
-        # (SmolLM2, Llama 3, Qwen 2): then the prefix ends with the space, so "3" comes next.
-        space_split = any(len(tokenizer(" " + k, add_special_tokens=False)["input_ids"]) > 1 for k in JUDGE_SCORES)
-        self.answer_prefix = JUDGE_ANSWER_PREFIX + (" " if space_split else "")
-
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logp = self._next_token_logprobs(ids, mask)  # (B, V)
-        per_score = torch.stack([logp[:, v].logsumexp(-1) for v in self.score_ids], dim=-1)  # (B, 4) log p(k)
-        weights = per_score.softmax(-1)  # (B, 4) p(k) / sum_k p(k): renormalised over the score tokens only
-        values = torch.arange(len(JUDGE_SCORES), dtype=weights.dtype, device=weights.device)  # 0, 1, 2, 3
-        return (weights * values).sum(-1)  # (B,) expected score
+        # A subset (e.g. ("logical_flow",)) costs proportionally less: one tail per criterion.
+        self.criteria = _check_criteria(criteria)
+        self.shared = shared or SharedPrefixScorer(model, tokenizer, tails=self.criteria, use_reference=use_reference,
+                                                   batch_size=batch_size, max_length=max_length,
+                                                   share_prefix=share_prefix)
+        if any(c not in self.shared.tails for c in self.criteria):
+            raise ValueError(f"the shared scorer asks {self.shared.tails}, not every criterion of {self.criteria}")
+        self.answer_prefix = self.shared.answer_prefix
 
     def score_detailed(self, questions: list[str], completions: list[str]) -> list[dict[str, float]]:
-        _check_lengths(questions, completions)
-        rows = []  # completion-major: (pair 0, criterion 0..C-1), (pair 1, ...), ...
-        for question, completion in zip(questions, completions):
-            for name in self.criteria:
-                head, tail = judge_parts(self.tokenizer, question, name, self.answer_prefix)
-                rows.append(encode_with_completion(self.tokenizer, head, completion, tail, self.max_length))
-        expected = self._run(rows).view(len(questions), len(self.criteria)).tolist() if rows else []  # (N, C)
-        return [dict(zip(self.criteria, row)) for row in expected]
+        return self.shared.scores(questions, completions, self.criteria)
 
     def raw(self, questions: list[str], completions: list[str]) -> list[float]:
         return [sum(d.values()) / len(d) for d in self.score_detailed(questions, completions)]
@@ -371,8 +536,8 @@ def _same_model(name: str, base_model_name: str) -> bool:
 
 def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, judge_model: str | None,
                   base_model_name: str, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False,
-                  batch_size: int = 8, max_length: int = 2048,
-                  judge_criteria: tuple[str, ...] | None = None) -> tuple[RewardModelScorer, JudgeScorer]:
+                  batch_size: int = 8, max_length: int = 2048, judge_criteria: tuple[str, ...] | None = None,
+                  share_prefix: bool = True) -> tuple[RewardModelScorer, JudgeScorer]:
     """(reward-model scorer, judge scorer) for a run whose policy was loaded from `base_model_name`.
 
     reward_model None: the generative verifier on the base model; a name or folder: a classifier
@@ -381,36 +546,47 @@ def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, j
     judge_model None or the base model's name: the base model; another name: that model, loaded.
     The base model is never loaded twice: it is the policy with its adapter disabled (or the
     policy itself when it has no adapter). With policy_model None the base is loaded once here.
+    When both are the base model (the default), they share one SharedPrefixScorer: the first
+    call on a batch scores the verifier and every criterion from one prefill per completion, the
+    second call is served from it. share_prefix=False runs every prompt in full (the baseline).
     A name that cannot load raises ModelLoadError naming the option. judge_criteria: a subset of
     JUDGE_RUBRIC (None: all four).
     """
-    shared = {}
+    memo = {}
 
     def base():  # the policy's base model: (model, tokenizer, use_reference)
-        if "base" not in shared:
+        if "base" not in memo:
             if policy_model is not None:
                 # Memory trick: the policy with its adapter disabled is the base; no second copy.
-                shared["base"] = (policy_model, policy_tokenizer, hasattr(policy_model, "disable_adapter"))
+                memo["base"] = (policy_model, policy_tokenizer, hasattr(policy_model, "disable_adapter"))
             else:
                 model, tok = _load(base_model_name, "--model", device=device, dtype=dtype, load_in_4bit=load_in_4bit)
-                shared["base"] = (model, tok, False)
-        return shared["base"]
+                memo["base"] = (model, tok, False)
+        return memo["base"]
 
+    criteria = _check_criteria(judge_criteria)
     opts = dict(batch_size=batch_size, max_length=max_length)
+    judge_on_base = judge_model is None or _same_model(judge_model, base_model_name)
+    shared = None
+    if reward_model is None and judge_on_base:  # one model asks all five questions: share the head
+        model, tok, use_ref = base()
+        shared = SharedPrefixScorer(model, tok, tails=(VERIFIER, *criteria), use_reference=use_ref,
+                                    share_prefix=share_prefix, **opts)
     if reward_model is None:
         model, tok, use_ref = base()
-        rm = RewardModelScorer(model, tok, kind="generative", use_reference=use_ref, **opts)
+        rm = RewardModelScorer(model, tok, kind="generative", use_reference=use_ref, shared=shared, **opts)
     else:
         model, tok = _load(reward_model, "--reward-model", device=device, dtype=dtype, load_in_4bit=load_in_4bit,
                            num_labels=1)
         _check_trained_head(model, reward_model)
         rm = RewardModelScorer(model, tok, kind="classifier", **opts)
-    if judge_model is None or _same_model(judge_model, base_model_name):
+    if judge_on_base:
         model, tok, use_ref = base()
-        judge = JudgeScorer(model, tok, use_reference=use_ref, criteria=judge_criteria, **opts)
+        judge = JudgeScorer(model, tok, use_reference=use_ref, criteria=criteria, share_prefix=share_prefix,
+                            shared=shared, **opts)
     else:
         model, tok = _load(judge_model, "--judge-model", device=device, dtype=dtype, load_in_4bit=load_in_4bit)
-        judge = JudgeScorer(model, tok, criteria=judge_criteria, **opts)
+        judge = JudgeScorer(model, tok, criteria=criteria, share_prefix=share_prefix, **opts)
     return rm, judge
 
 

@@ -12,6 +12,11 @@ SmolLM2-135M-Instruct:
   loads through build_scorers and scores the chat-templated text, and a causal LM without a
   trained head is refused;
 * over-long inputs keep the end of the completion;
+* shared-prefix scoring: the verifier and the four criteria read from one prefill of the shared
+  head (a DynamicCache copied to the five tails, padded in the middle) equal the full-prompt
+  forward of the same token rows (tiny model, and the real model to 1e-4 in fp32), in any batch
+  size and when the completion is cut; build_scorers' verifier + judge pair shares one prefill
+  (the judge's call runs no forward) and gives the numbers of each scorer on its own;
 * real model: the generative verifier prefers a correct worked solution to nonsense.
 """
 import math
@@ -21,8 +26,8 @@ import torch
 
 from pns_mini.data import offline_problems, prompt_messages
 from pns_mini.modeling import ModelLoadError, load_model_and_tokenizer, save_atomic
-from pns_mini.scorers import (JUDGE_RUBRIC, JudgeScorer, RewardModelScorer, build_scorers, encode_with_completion,
-                              judge_parts, reward_model_text, verifier_parts)
+from pns_mini.scorers import (JUDGE_RUBRIC, VERIFIER, JudgeScorer, RewardModelScorer, SharedPrefixScorer, build_scorers,
+                              encode_with_completion, judge_parts, reward_model_text, shared_length, verifier_parts)
 
 PROBLEMS = offline_problems(3)
 QUESTIONS = [p["question"] for p in PROBLEMS] + [PROBLEMS[0]["question"]]
@@ -200,8 +205,14 @@ def test_real_model_verifier_prefers_a_correct_solution_to_nonsense(embedded_dir
     problems = offline_problems(2)
     nonsense = ("Bananas are yellow and the sky is green. Purple elephants dance on Tuesday.\n"
                 "The final answer is \\boxed{7}")
-    scores = rm([p["question"] for p in problems] * 2, [p["solution"] for p in problems] + [nonsense] * 2)
+    questions, completions = [p["question"] for p in problems] * 2, [p["solution"] for p in problems] + [nonsense] * 2
+    scores = rm(questions, completions)
     assert scores[0] > scores[2] and scores[1] > scores[3], scores
+    # the five scores from one shared prefill = five full forwards, on 30 real layers in fp32
+    tails = (VERIFIER, *JUDGE_RUBRIC)
+    shared = SharedPrefixScorer(model, tok, batch_size=4).scores(questions, completions, tails)
+    full = SharedPrefixScorer(model, tok, batch_size=4, share_prefix=False).scores(questions, completions, tails)
+    assert [d[n] for d in shared for n in tails] == pytest.approx([d[n] for d in full for n in tails], abs=1e-4)
 
 
 def test_judge_criteria_subset(tiny):
@@ -211,3 +222,89 @@ def test_judge_criteria_subset(tiny):
     assert list(one) == ["relevance"] and one["relevance"] == pytest.approx(full["relevance"], abs=1e-5)
     with pytest.raises(ValueError, match="subset of logical_flow"):
         JudgeScorer(model, tok, criteria=("style",))
+
+
+ALL_TAILS = (VERIFIER, *JUDGE_RUBRIC)
+
+
+def test_the_five_prompts_share_their_head(tokenizer):
+    """The verifier and every criterion differ only after the completion: the shared part is
+    the chat-template start, the problem and the solution (and the blank line after it)."""
+    head, _ = verifier_parts(tokenizer, QUESTIONS[0])
+    assert all(judge_parts(tokenizer, QUESTIONS[0], name)[0] == head for name in JUDGE_RUBRIC)
+    rows = [tokenizer(head + COMPLETIONS[0] + tail, add_special_tokens=False)["input_ids"]
+            for tail in [verifier_parts(tokenizer, QUESTIONS[0])[1]] +
+            [judge_parts(tokenizer, QUESTIONS[0], name, "Score: ")[1] for name in JUDGE_RUBRIC]]
+    n = shared_length(rows)
+    assert tokenizer.decode(rows[0][:n]).endswith(COMPLETIONS[0] + "\n\n")
+    assert tokenizer.decode(rows[0][n:]).startswith("Is the proposed solution correct")
+    assert shared_length([[1, 2, 3], [1, 2, 3]]) == 2  # the last token always stays in the tail
+    assert shared_length([[1, 2, 3], [1, 5, 3, 4]]) == 1
+
+
+def test_shared_prefix_equals_the_full_prompt_forward(tiny):
+    """One prefill + five tails on copies of its cache (padded in the middle) = each row's own
+    full forward: by hand for one unpadded row, and against share_prefix=False in any batch size."""
+    model, tok = tiny
+    full = SharedPrefixScorer(model, tok, share_prefix=False).scores(QUESTIONS, COMPLETIONS, ALL_TAILS)
+    as_table = lambda scores: [d[n] for d in scores for n in ALL_TAILS]  # noqa: E731 (pair-major, flat)
+    for bs in (1, 3, 8):
+        shared = SharedPrefixScorer(model, tok, batch_size=bs).scores(QUESTIONS, COMPLETIONS, ALL_TAILS)
+        assert as_table(shared) == pytest.approx(as_table(full), abs=1e-5)
+    # by hand: the verifier's row of pair 1 alone, no padding, no cache
+    head, tail = verifier_parts(tok, QUESTIONS[1])
+    ids = tok(head + COMPLETIONS[1] + tail, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+    yes, no = (logp[[tok(v, add_special_tokens=False)["input_ids"][0] for v in vs]].logsumexp(-1)
+               for vs in (("Yes", " Yes"), ("No", " No")))
+    assert shared[1][VERIFIER] == pytest.approx(float(yes - no), abs=1e-5)
+
+
+def test_shared_prefix_with_a_cut_completion(tiny):
+    """Over max_length, all five rows get the cut the longest tail needs, keep the end of the
+    completion and their shared head, and still score as their full forwards."""
+    model, tok = tiny
+    long = " ".join(f"step {i} adds one." for i in range(150)) + " The final answer is \\boxed{151}."
+    questions, completions = QUESTIONS[:2], [long, COMPLETIONS[1]]
+    cut = SharedPrefixScorer(model, tok, max_length=400)
+    rows = cut.rows(questions[0], long)
+    tails = [verifier_parts(tok, questions[0])[1]] + [judge_parts(tok, questions[0], c, cut.answer_prefix)[1]
+                                                        for c in JUDGE_RUBRIC]
+    assert max(map(len, rows)) == 400 and all(tok.decode(r).endswith(t) for r, t in zip(rows, tails))
+    n = shared_length(rows)
+    assert "The final answer is \\boxed{151}." in tok.decode(rows[0][:n]) and "step 0 adds" not in tok.decode(rows[0])
+    shared = cut.scores(questions, completions, ALL_TAILS)
+    full = SharedPrefixScorer(model, tok, max_length=400, share_prefix=False).scores(questions, completions, ALL_TAILS)
+    assert [v for d in shared for v in d.values()] == pytest.approx([v for d in full for v in d.values()], abs=1e-5)
+
+
+def test_verifier_and_judge_share_one_prefill(tiny):
+    """build_scorers' default pair: the reward model's call scores all five tails, the judge's
+    call on the same rows runs no forward and returns what the judge alone would; new rows are
+    computed afresh. The numbers equal those of each scorer on its own."""
+    model, tok = tiny
+    alone_rm, alone_judge = RewardModelScorer(model, tok).raw(QUESTIONS, COMPLETIONS), \
+        JudgeScorer(model, tok).score_detailed(QUESTIONS, COMPLETIONS)
+    rm, judge = build_scorers(model, tok, reward_model=None, judge_model=None, base_model_name="unused")
+    assert rm.shared is judge.shared and rm.shared.tails == ALL_TAILS
+    forwards = []
+    hook = model.register_forward_hook(lambda module, args, kwargs_out: forwards.append(1))
+    try:
+        assert rm.raw(QUESTIONS, COMPLETIONS) == pytest.approx(alone_rm, abs=1e-5)
+        assert len(forwards) == 2  # one prefill + one forward of the 5 x 4 tails (batch_size 8)
+        detailed = judge.score_detailed(QUESTIONS, COMPLETIONS)
+        assert len(forwards) == 2  # served from the reward model's call
+        assert detailed == [pytest.approx(d, abs=1e-5) for d in alone_judge]
+        judge(QUESTIONS[:2], COMPLETIONS[:2])  # served once: a second call computes again
+        assert len(forwards) == 4
+        # the other order works too: the judge first, then the reward model served
+        rm2, judge2 = build_scorers(model, tok, reward_model=None, judge_model=None, base_model_name="unused")
+        judge2(QUESTIONS, COMPLETIONS)
+        assert rm2.raw(QUESTIONS, COMPLETIONS) == pytest.approx(alone_rm, abs=1e-5) and len(forwards) == 6
+    finally:
+        hook.remove()
+    # the unshared baseline gives the same numbers
+    rm3, judge3 = build_scorers(model, tok, reward_model=None, judge_model=None, base_model_name="unused",
+                                share_prefix=False)
+    assert rm3.raw(QUESTIONS, COMPLETIONS) == pytest.approx(alone_rm, abs=1e-5)
