@@ -157,8 +157,10 @@ def test_micro_batches_give_the_full_batch_update(tmp_path, tiny_model_dir, fake
     for key in ("loss", "grad_norm", "kl"):
         assert m[key] == pytest.approx(f[key], rel=1e-4, abs=1e-7), key
     a, b = adapter_weights(full["final"]), adapter_weights(micro["final"])
+    # Adam's first step moves each weight by lr * g / (|g| + eps): for a gradient element near eps
+    # (~4e-8) the rounding of the micro-batch sum (~1% there) shows up as ~1e-5 * lr-sized noise.
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-2 * 1e-3)  # 1% of lr
 
 
 @pytest.mark.parametrize("overrides, message", [
