@@ -361,7 +361,8 @@ def main(cfg: Config) -> dict:
     if weights["reward_model"] or weights["judge"]:  # a model that cannot load fails here, before training
         rm_scorer, judge_scorer = scorers.build_scorers(
             model, tokenizer, reward_model=cfg.reward_model, judge_model=cfg.judge_model, base_model_name=cfg.model,
-            device=cfg.device, dtype=cfg.dtype, load_in_4bit=load_in_4bit, batch_size=cfg.scorer_batch_size)
+            device=cfg.device, dtype=cfg.dtype, load_in_4bit=load_in_4bit, batch_size=cfg.scorer_batch_size,
+            share_prefix=weights["reward_model"] > 0 and weights["judge"] > 0)  # one shared pass serves both
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     params = trainable_parameters(model)

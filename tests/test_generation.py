@@ -270,3 +270,12 @@ def test_evaluate_greedy_records_are_the_plain_argmax(processor_model_dir, tmp_p
         prompt_ids = torch.tensor(tok(row["prompt"], add_special_tokens=False)["input_ids"])
         expected = _argmax_decode(model, prompt_ids, row["num_tokens"])
         assert row["completion"] == tok.decode(expected, skip_special_tokens=True)
+
+
+def test_draws_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05])
+    lp = probs.log()[None].expand(4000, -1)
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    draws = next_tokens(lp, 1.0, 1.0, gens)
+    freq = torch.bincount(draws, minlength=5).float() / 4000
+    assert freq[1] == 0 and (freq - probs).abs().max() < 0.03  # 3 sigma of 4000 draws is ~0.024 at p=0.5
