@@ -243,7 +243,8 @@ def run_all(cfg: Config, out: Path) -> list[dict]:
 
     # ---- 6-7: DPO per source, evaluation of the base and of each adapter ------------------------
     evals = ["--model", cfg.model, "--benchmarks", cfg.eval_benchmarks, "--limit", str(cfg.eval_limit),
-             "--max-completion-length", str(cfg.eval_max_completion_length), "--batch-size", "25",
+             "--max-completion-length", str(cfg.eval_max_completion_length),
+             "--batch-size", str(min(64, 2 * cfg.eval_limit)),  # one or two batches: a wide decode is cheaper per row
              "--seed", str(cfg.seed)]
     if cfg.data_dir:
         evals += ["--data-dir", cfg.data_dir]
