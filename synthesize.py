@@ -1,25 +1,18 @@
 r"""Stage 2 of PNS: turn negative samples into preference pairs. For every problem, `chosen` is a
 verified-correct solution and `rejected` the most plausible verified-wrong one.
 
-Reads
-  --problems     offline | gsm8k_train | a benchmark name | a JSONL of {id, question, gold[, solution]}
-  --model        the policy / base instruct model (rejection and prompted negatives, policy chosen,
-                 and the base model the scorers reuse)
-  --generator    the stage-1 negative generator (train_generator.py's <run>/final adapter folder)
-  --reward-model, --judge-model   the plausibility scorers of stage 1 (pns_mini/scorers.py)
-Writes (--output-dir)
-  config.json    resolved config; rerunning the same command resumes: a problem is done once all
-                 its pairs or its skip row are written, so a kill -9 loses at most the problem in flight
-  pairs.jsonl    one pair per row as TRL's DPOTrainer reads it: prompt = data.prompt_messages
-                 (system, the worked example, the question), chosen / rejected = [assistant message]
-                 (--pair-format string: the chat-templated prompt and plain texts), plus metadata:
-                 id, gold, answers, rejected_{format,accuracy,reward_model,judge,total},
+Reads   --problems (offline | gsm8k_train | a benchmark | a JSONL of {id, question, gold[, solution]}),
+        --model (policy: rejection and prompted negatives, policy chosen, the scorers' base),
+        --generator (stage 1's <run>/final adapter), --reward-model / --judge-model (stage 1's scorers)
+Writes  (--output-dir; rerunning the same command resumes: a problem is done once all its pairs or
+        its skip row are written, so a kill -9 loses at most the problem in flight)
+  pairs.jsonl    one pair per row as TRL's DPOTrainer reads it (prompt = data.prompt_messages,
+                 chosen / rejected = [assistant message]; --pair-format string: templated prompt and
+                 plain texts) plus metadata: id, gold, answers, rejected_{components,total},
                  rm_raw_{chosen,rejected}, judge_{chosen,rejected}, token counts, rank, source...
-  skipped.jsonl  one row per problem without a pair and why: no_reference_solution,
-                 reference_malformed, reference_fails_checker, no_correct_policy_sample,
-                 no_wellformed_wrong_candidate, no_number_to_perturb
-  samples.jsonl  every candidate with its format reason, verdict and scores (a log, not resumed)
-  metrics.jsonl  running totals per sampling batch;  stats.json, report.md, plots/rm_scores.png
+  skipped.jsonl  one row per problem without a pair and why (`choose`, no_wellformed_wrong_candidate,
+                 no_number_to_perturb);  samples.jsonl: every candidate with its checks and scores
+  config.json, metrics.jsonl (running totals per batch), stats.json, report.md, plots/rm_scores.png
 
 Examples
   python synthesize.py --negative-source pns --generator runs/generator/final --problems gsm8k_train --limit 2000
@@ -28,52 +21,38 @@ Examples
   python synthesize.py --stats-only runs/syn-pns/pairs.jsonl,runs/syn-rejection/pairs.jsonl --output-dir runs/compare
 
 Method (the paper's exact selection rule and thresholds are not public; these are ours)
-  1. Chosen (--chosen-source): `gold` = the dataset's reference solution in our answer format
-     (GSM8K `#### N` -> "The final answer is \boxed{N}", `<<a*b=c>>` annotations removed;
-     offline and MATH solutions are already boxed); `policy` = the first well-formed correct
-     sample of --model among K. Either must pass rewards.format_check and grading.is_correct
-     before it is written; a problem without one is skipped (no fallback to the other source).
-  2. Candidates (--negative-source), K per problem, --batch-size problems per sampling call:
-     pns        the stage-1 generator, prompted like the policy;
-     rejection  --model's own samples (the paper's rejection-sampling baseline);
-     prompted   --model asked (PROMPTED_INSTRUCTION below) for a solution with a subtle error;
-     perturbed  the chosen with its final number (in the box and in the line just above that
-                produces it) moved to a nearby value, seeded per problem; no sampling.
-  3. Keep the negatives: rewards.negative_check, the same check as stage 1's reward: well-formed
-     (format_check; a truncated one never is), verified wrong (an answer that cannot be parsed is
-     never "wrong"), and one real wrong answer reached by its own reasoning (no hedge, no gold
-     stated anywhere, a number for a numeric gold; rewards.negative_reason).
-  4. Rank: pns/prompted by stage 1's composite reward (rewards.score_completions' total, with
-     --reward-weights). All kept candidates share format=1 and accuracy=1, so this is exactly the
-     weighted reward-model + judge plausibility. rejection/perturbed take a uniformly random kept
-     candidate (seed + problem id): the paper's rejection-sampled negative is just "a wrong
-     sample", and ranking it by the RM would make its RM-score comparison with pns unfair.
-     The top --pairs-per-problem candidates become pairs with the same chosen.
-  Stats (also --stats-only): per source, pairs / problems tried, the share of candidates kept,
-  the RM raw (logit) score of rejected vs chosen and the share of pairs where the rejected
-  scores at least as high (the paper's Fig. 1: plausible negative +3.34, correct +3.21,
-  rejection-sampled -3.13), judge score, mean tokens, and text similarity = difflib
-  SequenceMatcher ratio over whitespace-split words (1 = same words in the same order).
+  1. Chosen (`choose`): the reference solution in our answer format (GSM8K `#### N` -> "The final
+     answer is \boxed{N}") or the first correct policy sample; checked, never a fallback.
+  2. Candidates, K per problem: pns = the stage-1 generator, prompted like the policy; rejection =
+     --model's own samples (the paper's baseline); prompted = --model asked (PROMPTED_INSTRUCTION)
+     for a subtly wrong solution; perturbed = the chosen with its final number moved (no sampling).
+  3. Keep (`check_candidates`): rewards.negative_check, the same definition of a negative as
+     stage 1's reward: well-formed, verified wrong, one real wrong answer.
+  4. Select (`select_negatives`): pns / prompted by stage 1's composite reward, rejection /
+     perturbed at random; the best --pairs-per-problem are paired with the same chosen.
+  Stats (report.py, also --stats-only): per source, pairs / problems, the share of candidates kept,
+  the RM raw score of rejected vs chosen and the share of pairs where it is at least as high (the
+  paper's Fig. 1: plausible negative +3.34, correct +3.21, rejection-sampled -3.13), judge score,
+  tokens, and word-level similarity of the two sides.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
-import math
 import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pns_mini import grading, rewards
 from pns_mini.report import write_pairs_report
-from pns_mini.config import main_guard
-from pns_mini.data import (BOXED_COMMAND, SYSTEM_PROMPT, DataError, append_jsonl, chat_prompt, format_prompt,
+from pns_mini.config import main_guard, save_config
+from pns_mini.data import (SYSTEM_PROMPT, append_jsonl, chat_prompt, format_prompt,
                            gsm8k_solution_to_boxed, iter_jsonl_tolerant, last_boxed, load_problems,
                            prompt_messages, prompt_template_hash, repair_torn_tail)
 
@@ -129,13 +108,13 @@ class Config:
     judge_model: str | None = None
     """LLM judge of the reasoning (scorers.JUDGE_RUBRIC); none = --model itself."""
     reward_weights: str | None = None
-    """Comma list of weights for format,accuracy,reward_model,judge (none = rewards.DEFAULT_REWARD_WEIGHTS)."""
+    """Ranking weights, as stage 1's: 'reward_model=1,judge=0' or '0.5,1,1,1' (none = the defaults)."""
     pair_format: str = "conversational"
     """conversational (message lists, TRL's default) | string (chat-templated prompt, plain answers)."""
     stats_only: str | None = None
     """Only compute stats for existing pairs files (comma list); writes to --output-dir."""
-    load_in_4bit: bool = False
-    """Load models in 4-bit NF4 (bitsandbytes) to save memory."""
+    load_in_4bit: bool | None = None
+    """4-bit NF4 models (bitsandbytes). Default: on CUDA yes, on CPU no (slower there), as every script."""
     device: str = "auto"
     """auto | cpu | cuda."""
     dtype: str = "auto"
@@ -159,12 +138,7 @@ class Config:
             raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
-        parse_weights(self.reward_weights)
-
-
-def parse_weights(text: str | None) -> dict | None:
-    """--reward-weights "0.5,1,1,1" -> {"format": 0.5, ...} in rewards.COMPONENTS order; None = defaults."""
-    return None if text is None else rewards.weights_from_list([float(w) for w in text.split(",")])
+        rewards.parse_reward_weights(self.reward_weights)
 
 
 def problem_rng(seed: int, pid: str, what: str) -> random.Random:
@@ -212,13 +186,13 @@ def perturb_solution(text: str, rng: random.Random) -> str | None:
     number's last mention in the box's line or the 2 lines above it (the step that produces the
     answer, "48 + 24 = 72") replaced too, so the slip looks like an arithmetic error rather
     than a typo in the box. None when the box holds no number."""
-    box = text.rfind(BOXED_COMMAND + "{")
-    content = last_boxed(text)
-    numbers = list(_NUMBER.finditer(content)) if box >= 0 and content else []
+    boxes = grading.find_boxes(text)
+    box, _, content = boxes[-1] if boxes else (-1, None, None)
+    content = (content or "").strip()
+    numbers = list(_NUMBER.finditer(content))
     if not numbers:
         return None
-    old, new = numbers[-1].group(), None
-    new = nearby_number(old, rng)
+    old, new = numbers[-1].group(), nearby_number(numbers[-1].group(), rng)
     inner = text.index(content, box)  # where the (stripped) box content starts
     text = text[:inner + numbers[-1].start()] + new + text[inner + numbers[-1].end():]
     head = text[:box]
@@ -229,32 +203,17 @@ def perturb_solution(text: str, rng: random.Random) -> str | None:
     return text
 
 
+def perturbations(text: str, rng: random.Random, k: int) -> list[tuple[str, bool]]:
+    """Up to k distinct perturbations of a chosen solution, in order, as (text, truncated) candidates."""
+    return [(t, False) for t in dict.fromkeys(perturb_solution(text, rng) for _ in range(k)) if t is not None]
+
+
 # ---------------------------------------------------------------------------------------------
 # Run folder: config guard, resume state, writing
 # ---------------------------------------------------------------------------------------------
 def template_hash() -> str:
     """The prompts' fingerprint (data's template + PROMPTED_INSTRUCTION), kept in config.json."""
     return hashlib.sha256(f"{prompt_template_hash()}\x00{PROMPTED_INSTRUCTION}".encode()).hexdigest()[:12]
-
-
-def check_resume(out: Path, cfg: Config) -> None:
-    """Refuse to add pairs to a folder made with another source, model, seed or prompt template.
-    Writes nothing (write_config does, once the models have loaded)."""
-    path = out / "config.json"
-    now = {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS}, "prompt_template": template_hash()}
-    if path.exists():
-        saved = json.loads(path.read_text())
-        diff = [f"{k}: {saved.get(k)!r} (saved) vs {v!r} (now)" for k, v in now.items() if saved.get(k) != v]
-        if diff:
-            raise DataError(f"{path}: this folder holds pairs made with another setup ({'; '.join(diff)}); "
-                            f"use another --output-dir or the same flags")
-
-
-def write_config(out: Path, cfg: Config) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".config.json.tmp"
-    tmp.write_text(json.dumps({**asdict(cfg), "prompt_template": template_hash()}, indent=2) + "\n")
-    tmp.replace(out / "config.json")  # never half a config
 
 
 def done_ids(out: Path) -> tuple[set[str], int, dict]:
@@ -323,16 +282,67 @@ def prompted_prompt(tokenizer, question: str, enable_thinking: bool = False) -> 
     return f"{SYSTEM_PROMPT}\n\n{request['content']}\nSolution: "
 
 
+# ---------------------------------------------------------------------------------------------
+# The method's choices, one function each: chosen, candidates' check, the pair-selection rule
+# ---------------------------------------------------------------------------------------------
+RANKED = ("pns", "prompted")  # sources whose negatives are picked by plausibility; the others at random
+
+
+def choose(problem: dict, cfg: Config, policy_group: list[tuple[str, bool]] | None) -> tuple[str | None, str]:
+    """(the chosen solution, "") or (None, why the problem gets no pair). --chosen-source gold: the
+    reference solution, if it is well-formed and passes the checker; policy: the first well-formed,
+    correct sample of --model among its K. Never a fallback to the other source."""
+    if cfg.chosen_source == "policy":
+        text = next((t for t, truncated in policy_group
+                     if rewards.format_check(t, truncated)[0] and grading.is_correct(t, problem["gold"])), None)
+        return (text, "") if text is not None else (None, "no_correct_policy_sample")
+    text = reference_solution(problem)
+    if text is None:
+        return None, "no_reference_solution"
+    if not rewards.format_check(text, False)[0]:
+        return None, "reference_malformed"
+    if not grading.is_correct(text, problem["gold"]):
+        return None, "reference_fails_checker"
+    return text, ""
+
+
+def check_candidates(group: list[tuple[str, bool]], gold: str) -> list[dict]:
+    """One row per candidate: well-formed and verified wrong by rewards.negative_check, the one
+    definition of a negative, shared with the stage-1 reward."""
+    rows = []
+    for text, truncated in group:
+        ok, reason, graded = rewards.negative_check(text, truncated, gold)
+        rows.append({"text": text, "truncated": truncated, "well_formed": ok, "format_reason": reason,
+                     "verified_wrong": ok and graded.verdict == "wrong"})
+    return rows
+
+
+def select_negatives(source: str, checks: list[dict], n: int, rng: random.Random) -> list[int]:
+    """The pair-selection rule: indices of the candidates that become a problem's rejected sides,
+    at most n, best first. Only verified-wrong candidates qualify.
+    pns, prompted: the highest composite reward `total` (stage 1's reward with --reward-weights;
+        every qualifying candidate has format = accuracy = 1, so this ranks by the weighted reward-
+        model + judge plausibility); ties keep sample order.
+    rejection, perturbed: uniformly random qualifying candidates (rng: seeded per problem), never
+        ranked: the paper's rejection-sampled negative is just "a wrong sample", and ranking it by
+        the reward model would make its reward-model comparison with pns unfair."""
+    kept = [j for j, c in enumerate(checks) if c["verified_wrong"]]
+    if source in RANKED:
+        return sorted(kept, key=lambda j: -(checks[j]["total"] or 0.0))[:n]
+    return rng.sample(kept, min(n, len(kept)))
+
+
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     if cfg.stats_only:
         return write_pairs_report(out, [Path(p.strip()) for p in cfg.stats_only.split(",") if p.strip()])
-    from pns_mini.modeling import load_model_and_tokenizer, reference_model, resolve_model_path
-    from pns_mini.runs import remove_stale_temps
-    from pns_mini.scorers import build_scorers
+    from pns_mini.modeling import load_model_and_tokenizer, reference_model, resolve_device, resolve_model_path
+    from pns_mini.runs import check_same_settings, remove_stale_temps
+    from pns_mini.scorers import build_scorers, sigmoid
 
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # bad input fails before any file is written
-    check_resume(out, cfg)
+    check_same_settings(out / "config.json", {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS},
+                                              "prompt_template": template_hash()}, "pairs")
     remove_stale_temps(out)
     done, redone, totals = done_ids(out)
     todo = [p for p in problems if p["id"] not in done]
@@ -340,13 +350,13 @@ def main(cfg: Config) -> dict:
           + (f" ({redone} cut by an interrupt are done again)" if redone else ""), file=sys.stderr)
     if not todo and (out / "pairs.jsonl").exists():  # nothing to sample: no model load
         return finish(out)
-    weights = parse_weights(cfg.reward_weights)
-    K = cfg.num_candidates
+    weights = rewards.parse_reward_weights(cfg.reward_weights)
+    load_in_4bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else resolve_device(cfg.device).type == "cuda"
 
     # --- models: the generator (pns) and the policy; one copy of the base when the generator
     # is an adapter on --model (the policy is then the generator with its adapter disabled)
     def load(name):
-        return load_model_and_tokenizer(name, load_in_4bit=cfg.load_in_4bit, device=cfg.device, dtype=cfg.dtype)
+        return load_model_and_tokenizer(name, load_in_4bit=load_in_4bit, device=cfg.device, dtype=cfg.dtype)
 
     generator = gen_tok = None
     shares_base = False
@@ -358,17 +368,39 @@ def main(cfg: Config) -> dict:
     as_policy = (lambda: reference_model(policy)) if shares_base else contextlib.nullcontext
     rm_scorer, judge_scorer = build_scorers(policy, tok, reward_model=cfg.reward_model, judge_model=cfg.judge_model,
                                             base_model_name=cfg.model, device=cfg.device, dtype=cfg.dtype,
-                                            load_in_4bit=cfg.load_in_4bit)
-    write_config(out, cfg)  # every model loaded: the folder is now this run's
+                                            load_in_4bit=load_in_4bit)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json", prompt_template=template_hash())  # all loaded: the folder is this run's
     (out / "pairs.jsonl").touch()  # exists from the start, so --stats-only works on a run in progress
 
-    def plausibility(questions: list[str], texts: list[str]) -> tuple[list, list, list]:
-        """(rm in [0,1], rm raw logit, judge in [0,1]) per text. The RM's normalised score is
-        sigmoid(raw) = (1 + tanh(raw / 2)) / 2 (scorers.RewardModelScorer): one forward pass gives both."""
+    def draw(batch: list[dict], seeds: dict, on_generator: bool = False, prompt_of=None) -> list[list[tuple[str, bool]]]:
+        """K samples per problem of the generator or of the policy, seeded per problem."""
+        model, t, context = (generator, gen_tok, contextlib.nullcontext) if on_generator else (policy, tok, as_policy)
+        prompt_of = prompt_of or (lambda t, q: format_prompt(t, q, enable_thinking=cfg.enable_thinking))
+        with context():
+            return sample_candidates(model, t, [prompt_of(t, p["question"]) for p in batch], cfg,
+                                     [seeds[p["id"]] for p in batch]) if batch else []
+
+    def candidates(batch: list[dict], chosen: dict, seeds: dict, policy_groups) -> list[list[tuple[str, bool]]]:
+        """K (text, truncated) candidate negatives per problem of `batch` (all have a chosen)."""
+        if cfg.negative_source == "rejection":  # the very samples that were tried as the policy chosen
+            return policy_groups
+        if cfg.negative_source == "pns":
+            return draw(batch, seeds, on_generator=True)
+        if cfg.negative_source == "prompted":
+            return draw(batch, seeds, prompt_of=lambda t, q: prompted_prompt(t, q, cfg.enable_thinking))
+        return [perturbations(chosen[p["id"]], problem_rng(cfg.seed, p["id"], "perturb"), cfg.num_candidates)
+                for p in batch]
+
+    def score(questions: list[str], texts: list[str], golds: list[str]) -> list[dict]:
+        """Stage 1's reward parts of each text plus rm_raw (one reward-model pass gives the raw
+        logit and the normalised sigmoid(raw), as scorers.RewardModelScorer's __call__)."""
         if not texts:
-            return [], [], []
+            return []
         raw = rm_scorer.raw(questions, texts)
-        return [0.5 * (1.0 + math.tanh(r / 2)) for r in raw], raw, judge_scorer(questions, texts)
+        parts = rewards.score_completions(texts, golds, [False] * len(texts), [sigmoid(r) for r in raw],
+                                          judge_scorer(questions, texts), weights=weights)
+        return [{**part, "rm_raw": r} for part, r in zip(parts, raw)]
 
     n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem", dynamic_ncols=True,
@@ -379,113 +411,58 @@ def main(cfg: Config) -> dict:
         if not batch:
             continue
         seeds = {p["id"]: problem_seed(cfg.seed, p["id"]) for p in batch}  # per problem, not per batch
-        why: dict[str, str] = {}  # id -> reason the problem gives no pair
 
         # ===== chosen: verified-correct reference solution or policy sample =====================
-        chosen: dict[str, str] = {}
-        policy_groups = None
-        if cfg.chosen_source == "policy" or cfg.negative_source == "rejection":
-            with as_policy():
-                prompts = [format_prompt(tok, p["question"], enable_thinking=cfg.enable_thinking) for p in batch]
-                policy_groups = sample_candidates(policy, tok, prompts, cfg, [seeds[p["id"]] for p in batch])
-        for i, p in enumerate(batch):
-            if cfg.chosen_source == "gold":
-                text = reference_solution(p)
-                if text is None:
-                    why[p["id"]] = "no_reference_solution"
-                elif not rewards.format_check(text, False)[0]:
-                    why[p["id"]] = "reference_malformed"
-                elif not grading.is_correct(text, p["gold"]):
-                    why[p["id"]] = "reference_fails_checker"
-                else:
-                    chosen[p["id"]] = text
-            else:
-                text = next((t for t, tr in policy_groups[i]
-                             if rewards.format_check(t, tr)[0] and grading.is_correct(t, p["gold"])), None)
-                if text is None:
-                    why[p["id"]] = "no_correct_policy_sample"
-                else:
-                    chosen[p["id"]] = text
-        live = [i for i, p in enumerate(batch) if p["id"] in chosen]
+        sampled = cfg.chosen_source == "policy" or cfg.negative_source == "rejection"
+        policy_groups = dict(zip([p["id"] for p in batch], draw(batch, seeds))) if sampled else {}
+        chosen, why = {}, {}  # id -> chosen text; id -> why the problem gives no pair
+        for p in batch:
+            chosen[p["id"]], why[p["id"]] = choose(p, cfg, policy_groups.get(p["id"]))
+        live = [p for p in batch if chosen[p["id"]] is not None]
 
-        # ===== rollout: K candidate negatives per problem ========================================
-        groups: dict[int, list[tuple[str, bool]]] = {}
-        if cfg.negative_source == "rejection":
-            groups = {i: policy_groups[i] for i in live}
-        elif cfg.negative_source == "pns" and live:
-            prompts = [format_prompt(gen_tok, batch[i]["question"], enable_thinking=cfg.enable_thinking) for i in live]
-            sampled = sample_candidates(generator, gen_tok, prompts, cfg, [seeds[batch[i]["id"]] for i in live])
-            groups = dict(zip(live, sampled))
-        elif cfg.negative_source == "prompted" and live:
-            with as_policy():
-                prompts = [prompted_prompt(tok, batch[i]["question"], cfg.enable_thinking) for i in live]
-                sampled = sample_candidates(policy, tok, prompts, cfg, [seeds[batch[i]["id"]] for i in live])
-            groups = dict(zip(live, sampled))
-        elif cfg.negative_source == "perturbed":
-            for i in live:
-                rng = problem_rng(cfg.seed, batch[i]["id"], "perturb")
-                texts = [perturb_solution(chosen[batch[i]["id"]], rng) for _ in range(K)]
-                groups[i] = [(t, False) for t in dict.fromkeys(texts) if t is not None]  # distinct, in order
+        # ===== rollout and filter: K candidates per problem, each checked ======================
+        groups = candidates(live, chosen, seeds, [policy_groups.get(p["id"]) for p in live])
+        checks = {p["id"]: check_candidates(g, p["gold"]) for p, g in zip(live, groups)}
+        for p in live:
+            if not any(c["verified_wrong"] for c in checks[p["id"]]):
+                why[p["id"]] = "no_wellformed_wrong_candidate" if checks[p["id"]] else "no_number_to_perturb"
 
-        # ===== filter: well-formed and verified wrong ==========================================
-        kept: dict[int, list[int]] = {}
-        qualified: dict[int, int] = {}
-        checks: dict[int, list[dict]] = {}
-        for i, group in groups.items():
-            checks[i] = []
-            for text, truncated in group:
-                # the one definition of a negative, shared with the stage-1 reward (rewards.negative_check)
-                ok, reason, graded = rewards.negative_check(text, truncated, batch[i]["gold"])
-                wrong = ok and graded.verdict == "wrong"
-                checks[i].append({"text": text, "truncated": truncated, "well_formed": ok,
-                                  "format_reason": reason, "verified_wrong": wrong})
-            kept[i] = [j for j, c in enumerate(checks[i]) if c["verified_wrong"]]
-            qualified[i] = len(kept[i])
-            if not kept[i]:
-                why[batch[i]["id"]] = "no_wellformed_wrong_candidate" if group else "no_number_to_perturb"
-            elif cfg.negative_source in ("rejection", "perturbed"):
-                # a uniformly random wrong sample, as the paper's baseline; not ranked by the scorers
-                rng = problem_rng(cfg.seed, batch[i]["id"], "pick")
-                kept[i] = rng.sample(kept[i], min(cfg.pairs_per_problem, len(kept[i])))
+        # ===== plausibility: every qualifying candidate and its chosen, then the selection rule ====
+        live = [p for p in live if not why[p["id"]]]
+        flat = [(p, c) for p in live for c in checks[p["id"]] if c["verified_wrong"]]
+        scored = score([p["question"] for p, _ in flat] + [p["question"] for p in live],
+                       [c["text"] for _, c in flat] + [chosen[p["id"]] for p in live],
+                       [p["gold"] for p, _ in flat] + [p["gold"] for p in live])
+        for (_, c), parts in zip(flat, scored):
+            c.update(parts)
+        chosen_scores = dict(zip([p["id"] for p in live], scored[len(flat):]))
 
-        # ===== score plausibility (reward model + judge) and rank ===============================
-        flat = [(i, j) for i in kept for j in kept[i]]
-        live = [i for i in live if kept.get(i)]
-        questions = [batch[i]["question"] for i, _ in flat] + [batch[i]["question"] for i in live]
-        texts = [checks[i][j]["text"] for i, j in flat] + [chosen[batch[i]["id"]] for i in live]
-        rm, raw, judge = plausibility(questions, texts)
-        parts = rewards.score_completions(texts[:len(flat)], [batch[i]["gold"] for i, _ in flat],
-                                          [checks[i][j]["truncated"] for i, j in flat], rm[:len(flat)],
-                                          judge[:len(flat)], weights=weights)
-        for k, (i, j) in enumerate(flat):
-            checks[i][j].update(parts[k], rm_raw=raw[k])
-        chosen_scores = {i: {"rm_raw": raw[len(flat) + n], "judge": judge[len(flat) + n]} for n, i in enumerate(live)}
-
-        # ===== write: samples log, then pairs or the skip reason, per problem ===================
-        for i, p in enumerate(batch):
+        # ===== write: samples log, then the pairs or the skip reason, per problem =================
+        for p in batch:
+            group = checks.get(p["id"], [])
             append_jsonl(out / "samples.jsonl", {"id": p["id"], "source": cfg.negative_source, "gold": p["gold"],
-                                                 "chosen": chosen.get(p["id"]), "candidates": checks.get(i, [])})
-            if p["id"] in why:
-                group = checks.get(i, [])
+                                                 "chosen": chosen[p["id"]], "candidates": group})
+            if why[p["id"]]:
                 append_jsonl(out / "skipped.jsonl", {
                     "id": p["id"], "source": cfg.negative_source, "reason": why[p["id"]], "gold": p["gold"],
                     "candidates": len(group), "well_formed": sum(c["well_formed"] for c in group),
                     "verified_wrong": sum(c["verified_wrong"] for c in group)})
                 totals["skipped"] += 1
                 continue
-            ranked = sorted(kept[i], key=lambda j: -(checks[i][j]["total"] or 0.0)) \
-                if cfg.negative_source in ("pns", "prompted") else kept[i]
-            ranked = ranked[:cfg.pairs_per_problem]
-            for rank, j in enumerate(ranked):
-                c, text = checks[i][j], chosen[p["id"]]
+            picks = select_negatives(cfg.negative_source, group, cfg.pairs_per_problem,
+                                     problem_rng(cfg.seed, p["id"], "pick"))
+            text, cs = chosen[p["id"]], chosen_scores[p["id"]]
+            for rank, j in enumerate(picks):
+                c = group[j]
                 append_jsonl(out / "pairs.jsonl", {
                     "id": p["id"], **messages(cfg, tok, p["question"], text, c["text"]),
                     "gold": p["gold"], "chosen_answer": grading.extract_answer(text), "rejected_answer": c["answer"],
                     **{f"rejected_{k}": c[k] for k in (*rewards.COMPONENTS, "total")},
-                    "rm_raw_chosen": chosen_scores[i]["rm_raw"], "rm_raw_rejected": c["rm_raw"],
-                    "judge_chosen": chosen_scores[i]["judge"], "judge_rejected": c["judge"],
+                    "rm_raw_chosen": cs["rm_raw"], "rm_raw_rejected": c["rm_raw"],
+                    "judge_chosen": cs["judge"], "judge_rejected": c["judge"],
                     "chosen_tokens": n_tokens(text), "rejected_tokens": n_tokens(c["text"]),
-                    "rank": rank, "num_pairs": len(ranked), "candidates": len(checks[i]), "qualified": qualified[i],
+                    "rank": rank, "num_pairs": len(picks), "candidates": len(group),
+                    "qualified": sum(x["verified_wrong"] for x in group),
                     "source": cfg.negative_source, "chosen_source": cfg.chosen_source, "generator": cfg.generator,
                     "model": cfg.model, "seed": cfg.seed})
                 totals["pairs"] += 1

@@ -7,7 +7,7 @@ loss_type dapo, one micro-batch of 8 rows, num_iterations 1, AdamW, fp32 on CPU,
 checkpointing as chosen (on by default: both tools' default), and the same reward: our gated
 composite on the torch-free components only (format + accuracy; reward-model and judge weights
 0), i.e. train_generator.py's `--reward-weights format=0.5,accuracy=1,reward_model=0,judge=0` and,
-for TRL, `rewards.trl_reward_functions(..., composite=True)` with the same weights, so scorer
+for TRL, `trl_rewards.trl_reward_functions(..., composite=True)` with the same weights, so scorer
 costs do not dominate. Problems: the offline generator (both sides draw from the same 200).
 
 Timing, wall and CPU seconds (benchmarks/_common.py PhaseTimer): ours = from the rollout call
@@ -164,7 +164,7 @@ def worker_trl(a) -> dict:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from pns_mini import rewards
+    from pns_mini import trl_rewards
     from pns_mini.data import load_problems, prompt_messages
     from pns_mini.modeling import LORA_TARGETS
 
@@ -174,7 +174,7 @@ def worker_trl(a) -> dict:
     dataset = Dataset.from_list([
         {"prompt": prompt_messages(p["question"]), "question": p["question"], "gold": p["gold"]}
         for p in load_problems("offline")])  # the messages data.format_prompt templates: the same prompt
-    [composite], _ = rewards.trl_reward_functions(weights=REWARD_WEIGHTS, composite=True)
+    [composite], _ = trl_rewards.trl_reward_functions(weights=REWARD_WEIGHTS, composite=True)
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=False, report_to=[], disable_tqdm=True, save_strategy="no",

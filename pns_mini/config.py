@@ -136,16 +136,13 @@ def json_type_error(tp, value) -> str | None:
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def save_config(cfg, path: str | Path) -> None:
-    """config.json, written to a temp name and renamed: a kill never leaves half of one."""
+def save_config(cfg, path: str | Path, **extra) -> None:
+    """config.json (the config's fields, then `extra`), written to a temp name and renamed: a kill
+    never leaves half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps({**dataclasses.asdict(cfg), **extra}, indent=2, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def script_description(module_doc: str | None) -> str:
-    return (module_doc or "").strip()
 
 
 def main_guard(main, cls, doc):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from pns_mini.grading import last_boxed  # the one box scanner; data reads golds with it
+
 # ---------------------------------------------------------------------------------------------
 # Answer format: defined once, used by the prompt template and by the format reward.
 # ---------------------------------------------------------------------------------------------
@@ -226,41 +228,6 @@ def repair_torn_tail(path: str | os.PathLike) -> int:
 # ---------------------------------------------------------------------------------------------
 # Gold answers: every loader turns its upstream row into a FINAL ANSWER string.
 # ---------------------------------------------------------------------------------------------
-_BOX_COMMANDS = (BOXED_COMMAND, r"\fbox")
-
-
-def last_box_span(text: str, commands: tuple[str, ...] = _BOX_COMMANDS) -> tuple[int, int | None] | None:
-    r"""(start, end) of the LAST box of `commands` in `text`, `end` just past its closing brace.
-    Braces nest; a backslash escapes the next character, so `\{` and `\}` (set braces) do not
-    count. end is None when that box is never closed; None when there is no box at all."""
-    start = max(text.rfind(cmd + "{") for cmd in commands)
-    if start < 0:
-        return None
-    depth, i = 0, text.index("{", start)
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2  # skip the escaped character (`\{`, `\}`, `\\`)
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return start, i + 1
-        i += 1
-    return start, None
-
-
-def last_boxed(text: str) -> str | None:
-    r"""The content of the LAST `\boxed{...}` (or `\fbox{...}`) in `text`, nested braces kept:
-    `"so \boxed{\frac{1}{2}}."` -> `"\frac{1}{2}"`. None when there is no box or it is never closed."""
-    span = last_box_span(text)
-    if span is None or span[1] is None:
-        return None
-    return text[text.index("{", span[0]) + 1 : span[1] - 1].strip()
-
-
 _MATH_SPAN = r"\$((?:[^$\\]|\\.)*)\$"  # one `$...$` span; `\$` (a dollar sign) stays inside
 
 

@@ -2,60 +2,42 @@
 
 Model text is untrusted input, so grading is deterministic, bounded and safe:
 
-* `extract_answer` finds the final answer (last `\\boxed{}`, else `#### N`, else an explicit
-  "the answer is X" / "Final Answer: X"). A completion without one has NO answer: a last bare
-  number is never taken, so a negative generator cannot score by leaving a guess lying around.
-  Two readings, keyword `extraction` of `extract_answer`, `grade`, `is_correct` and
-  `is_confidently_wrong`: "strict" (the default: the generator's reward and synthesis, box
-  first) and "eval" (evaluate.py: as the Qwen2.5-Math harness and Math-Verify, a later explicit
-  final-answer statement beats an earlier box, answers stated in words are read, and an answer
-  split over several boxes for several parts is joined).
-* `grade_answer` compares an answer with a gold answer in three steps, cheapest first:
-  1. normalised strings (`\\text{Sunday}` = `Sunday`, `p - q` = `p-q`);
-  2. a pure-Python number check with `fractions.Fraction` (`\\$1,000` = `1000.0`, `004` = `4`,
-     `\\dfrac{1}{2}` = `0.5`, sets and tuples of numbers): decides most GSM8K/AIME/AMC rows in
-     well under a millisecond and never calls sympy;
-  3. Math-Verify (LaTeX -> sympy, symbolic and set/interval/matrix comparison) in a separate
-     worker process, killed and restarted when one comparison takes over `WORKER_TIMEOUT_S`.
-     The worker runs Math-Verify's LaTeX parser only, never its `ExprExtractionConfig` (that one
-     calls sympy's `parse_expr`, i.e. `eval`); answers with Python-looking code (`__`, `import`,
-     `lambda`, backticks...) are refused before they reach it anyway, and so are numeric power
-     towers (`9^{9^{9}}`), exponents of 5+ digits, factorials of 5+ digit numbers or of
-     factorials (`99999999999!`, `(10!)!`) and nesting over 20 deep, which would only cost a
-     timeout and a worker restart.
-* Every failure (too long, refused, too big, not parsed, timeout, worker crash, sympy error)
-  gives the verdict "unparseable" and is counted in `STATS`; it is never a "wrong" answer. Only
-  an answer that was extracted, parsed and compared unequal by every check is "wrong".
+* Boxes: `find_boxes` is the package's one `\\boxed{}` scanner; `last_boxed` (gold solutions, via
+  pns_mini.data), `extract_answer`, `final_boxes`, `boxes_of` and rewards' format rule read it.
+* `extract_answer`: the last box, else `#### N`, else "the answer is X" / "Final Answer: X". A
+  last bare number is never taken: a negative generator must not score with a guess lying around.
+  extraction="strict" (default: reward, synthesis) or "eval" (evaluate.py, as Qwen2.5-Math and
+  Math-Verify read answers).
+* `grade_answer` compares cheapest first: normalised strings; numbers, sets and tuples of numbers
+  with `fractions.Fraction` (no sympy, well under a millisecond); then Math-Verify's LaTeX parser
+  (never `parse_expr`, i.e. `eval`) in a worker process killed and restarted past
+  `WORKER_TIMEOUT_S`. Code-looking, huge and deeply nested answers are refused before it.
+* Every failure (too long, refused, not parsed, timeout, crash, sympy error) is "unparseable" and
+  counted in `STATS`, never "wrong": "wrong" needs an answer every check compared unequal.
 
 Equivalence choices (each one is a row of tests/test_grading.py):
 
-* A percent sign is a unit, like `\\text{ cm}` or `^\\circ`: `50\\%` = `50`, and `0.5` != `50\\%`.
-  There is no x100 leniency in either direction.
-* Decimals: `18.0` = `18`, `0.5` = `1/2` exactly. A decimal counts as an approximation only of a
-  value that has no finite decimal expansion (`1/3`, `2\\pi`, `\\sqrt 2`), and then it must be
-  within a relative 1e-6: |answer - exact| <= 1e-6 * |exact|. So `6.283185` = `2\\pi` and
-  `0.333333` = `1/3`, but `0.333` != `1/3`, and `1000000.4` != `1000000`. This tolerance applies
-  to single numbers, not to the elements of tuples, sets or matrices.
-* `1,000` (groups of three digits) is one thousand, not the list {1, 0}.
-* Several boxes in a row (`\\boxed{1}, \\boxed{2}`, joined only by commas, "and", spaces or `$`)
-  also count together as one list, for find-all problems (gold `\\{1, 2\\}`). Boxes separated by
-  any other text are not joined: in a solution that revises itself the last box counts.
-* Inherited from Math-Verify: letters are compared case-insensitively (`3R^2` = `3r^2`), a base
-  subscript is dropped (`2516_8` = `2516`), `x = 5` = `5`, and `(1,2)` = `\\{1,2\\}`.
-* Scientific notation `5.47e5` is a number (547000), never `5.47 * e * 5`.
-* A plain word (`five`, `cat`) against a gold that is not a word (`5`) is "unparseable", not
-  "wrong": Math-Verify would read it as the product f*i*v*e, and a negative generator must not
-  earn "wrong answers" by boxing words. Word against word (`Monday` vs `\\text{Sunday}`) is graded.
+* A percent sign is a unit like `\\text{ cm}`: `50\\%` = `50`, `0.5` != `50\\%` (no x100 leniency).
+* `18.0` = `18` and `0.5` = `1/2` exactly. A decimal approximates only a value with no finite
+  decimal expansion, within a relative 1e-6 (`6.283185` = `2\\pi`, `0.333` != `1/3`,
+  `1000000.4` != `1000000`), and only as a single number, not inside tuples or sets.
+* `1,000` is one thousand. Boxes listed together (`\\boxed{1}, \\boxed{2}`) are one list (gold
+  `\\{1, 2\\}`); boxes with other text between are not: a revised solution's last box counts.
+* From Math-Verify: letters compare case-insensitively, a base subscript is dropped
+  (`2516_8` = `2516`), `x = 5` = `5`, `(1,2)` = `\\{1,2\\}`. `5.47e5` is 547000.
+* A plain word (`five`) against a gold that is not one (`5`) is "unparseable": Math-Verify would
+  read f*i*v*e, and a negative generator must not earn "wrong" by boxing words.
 
-Time: the worker compares in tens of milliseconds; a call waits at most `WORKER_TIMEOUT_S` for
-it once it is running (a cold start, 1-3 s and more on a loaded machine, happens once per
-process and after each timeout; `warm_up()` does it ahead of time). Calls from several threads
-take turns on the one worker. POSIX only (the worker pipe is read with `select`).
+Time: the worker compares in tens of milliseconds; a cold start (1-3 s) happens once per process
+and after each timeout (`warm_up()` does it ahead of time). Threads take turns on the one worker.
+POSIX only (the worker pipe is read with `select`).
 """
 from __future__ import annotations
 
 import atexit
 import collections
+import functools
+import itertools
 import json
 import os
 import re
@@ -77,10 +59,9 @@ WORKER_MEMORY_BYTES = 4 << 30  # address-space cap of the worker: a huge power f
 REL_TOL = Fraction(1, 10**6)  # a decimal approximating 1/3, 2*pi...: |a - b| <= REL_TOL * |exact|
 CACHE_SIZE = 1 << 16  # (answer, gold) pairs remembered, so repeated completions cost nothing
 
-# Counters of what decided each comparison and of every failure (never swallowed silently):
-# "fast_string", "fast_number", "cache_hits", "too_long", "unsafe", "too_big", "words",
-# "worker_starts", "worker_calls", "worker_timeouts", "worker_crashes", and "worker:<how>" for each reply
-# ("worker:math_verify", "worker:answer_not_parsed", "worker:error:RecursionError"...).
+# What decided each comparison and every failure (never swallowed silently): "fast_string",
+# "fast_number", "too_long", "unsafe", "too_big", "words", "worker_starts", "worker_calls",
+# "worker_timeouts", "worker_crashes", and "worker:<how>" per reply ("worker:math_verify"...).
 STATS: collections.Counter = collections.Counter()
 _STATS_LOCK = threading.Lock()
 
@@ -92,15 +73,10 @@ def _count(key: str) -> None:
 
 @dataclass(frozen=True)
 class Grade:
-    """The outcome of grading one completion.
-
-    verdict: "correct" | "wrong" | "no_answer" | "unparseable".
-    answer: the extracted answer that was compared (boxes joined with ", " when the joined list
-        decided), or None when nothing was extracted.
-    how: what decided, e.g. "string", "number", "math_verify", "tolerance", "timeout",
-        "too_long", "unsafe", "too_big", "words", "answer_not_parsed", "gold_not_parsed",
-        "error:RecursionError", "not_extracted".
-    """
+    """verdict: "correct" | "wrong" | "no_answer" | "unparseable". answer: the answer that was
+    compared (boxes joined with ", " when the joined list decided), None if none was extracted.
+    how: what decided: "string", "number", "math_verify", "tolerance", "timeout", "too_long",
+    "unsafe", "too_big", "words", "answer_not_parsed", "error:RecursionError", "not_extracted"..."""
 
     verdict: Verdict
     answer: str | None
@@ -108,68 +84,19 @@ class Grade:
 
 
 # =============================================================================================
-# Extraction: the final answer of a completion
+# Boxes: one linear scan; every reader of `\boxed{}` goes through `find_boxes`
 # =============================================================================================
-# Decoding with special tokens kept leaves chat-template debris. The answer turn ends at its first
-# end-of-turn token; whatever the model wrote after it (a new "user" turn...) is not its answer.
-_END_OF_TURN = re.compile(
-    r"<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|<\|end_of_text\|>|<\|end\|>|</s>|<\|im_start\|>"
-    r"|<｜end▁of▁sentence｜>"
-)
-_ROLE_HEADER = re.compile(
-    r"^[ \t]*+(?:assistant|user|system)[ \t]*+\n|<\|start_header_id\|>\w*<\|end_header_id\|>"
-)
-
-# One linear pass finds the boxes: `\\` (a LaTeX row break) and `\{` `\}` (literal braces) are
-# skipped, `{` `}` count nesting, `\boxed{` / `\fbox{` open a box and `\boxed 5` is a bare box.
+# `\\` (a LaTeX row break) and `\{` `\}` (literal braces) are skipped, `{` `}` count nesting,
+# `\boxed{` / `\fbox{` open a box and `\boxed 5` is a bare box.
 _BOX_TOKEN = re.compile(r"\\\\|\\[{}]|\\(?:boxed|fbox)\s*\{|\\boxed[ \t]+(?=[^\s{])|[{}]")
 _BARE_BOX_VALUE = re.compile(r"[^\s$]+")
-# What may sit between two boxes that list the parts of one answer: spaces, commas, semicolons,
-# `&`, math delimiters, LaTeX spacing and "and". Any other word (e.g. "Wait, actually") separates.
-_BOX_GAP = re.compile(
-    r"(?:\s|[,;&$]|\\[()\[\]]|\\q?quad|\\[,;:! ]|\\text\{\s*+(?:and|,)?\s*+\}|\band\b)*+"
-)
-_MAX_BOX_GAP = 200  # boxes further apart than this are separate answers
-_MAX_JOINED_BOXES = 20  # a find-all answer lists a few parts, not hundreds
-_MAX_SCAN_CHARS = 100_000  # only the end of a completion (~25k tokens) is read for its answer
-# `#### 18` alone on its line; a markdown heading like `#### Step 1: ...` is not an answer.
-_GSM8K_ANSWER = re.compile(r"^[ \t]*+####[ \t]*+(\S++)[ \t]*+$", re.MULTILINE)
-# Possessive quantifiers (*+, ++) keep these regexes linear on adversarial text (2 MB of spaces).
-_ANSWER_PHRASE = re.compile(
-    r"(?:the\s++)?(?:final\s++)?answer\s*+(?:\*\*)?\s*+(?:is\b\s*+:?|:)[ \t]*+", re.IGNORECASE
-)
-_DELIMITED = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|\*\*(.+?)\*\*", re.DOTALL)
-_CHOICE = re.compile(r"\(?[A-Ea-e]\)?")
+Box = tuple[int, int, "str | None"]  # (start, end just past the closing brace, raw content)
 
 
-def after_thinking(text: str) -> str:
-    """The visible answer of a reasoning model: the text after the LAST `</think>`. The thinking
-    is scratch work (it tries values, boxes drafts), so it is never read for the answer. A text
-    that opens `<think>` and never closes it is all thinking: "" (no answer). A text without
-    think tags is returned as it is. (Qwen3 with enable_thinking writes `<think>` itself; some
-    templates put it in the prompt, so a completion may hold only `</think>`.)"""
-    end = text.rfind("</think>")
-    if end >= 0:
-        return text[end + len("</think>"):]
-    return "" if "<think>" in text else text
-
-
-def _answer_turn(text: str) -> str:
-    """The end of the model's answer turn: the first stretch of text between end-of-turn tokens
-    that has content, with a leading role name ("assistant\\n") removed and any thinking before
-    `</think>` dropped (`after_thinking`), cut to its last _MAX_SCAN_CHARS characters (what is
-    read for the answer; keeps the cost of 2 MB inputs low)."""
-    for part in _END_OF_TURN.split(text):
-        part = _ROLE_HEADER.sub("", part)
-        if part.strip():
-            return after_thinking(part)[-_MAX_SCAN_CHARS:]
-    return ""
-
-
-def _boxes(text: str) -> list[tuple[int, int, str | None]]:
-    """All outermost boxes as (start, end, content), in order. content is None for a box that is
-    never closed (a completion cut off inside its answer)."""
-    found: list[tuple[int, int, str | None]] = []
+def find_boxes(text: str) -> list[Box]:
+    """Every outermost box of `text`, in order; a box in a box is content (`\\boxed{\\boxed{9}}`
+    holds `\\boxed{9}`). content is None for a box never closed (cut off): always the last one."""
+    found: list[Box] = []
     depth = 0
     box_start, box_depth, content_start = -1, -1, -1  # the open outermost box, if any
     for m in _BOX_TOKEN.finditer(text):
@@ -195,53 +122,119 @@ def _boxes(text: str) -> list[tuple[int, int, str | None]]:
     return found
 
 
-def _tidy(answer: str, punctuation: str = "") -> str | None:
-    """Strip spaces and trailing `punctuation`; "" becomes None. Box contents keep theirs
-    (`\\boxed{5!}` is 120); an answer read from prose drops the sentence's full stop."""
-    answer = answer.strip().rstrip(punctuation).strip()
-    return answer or None
+def last_boxed(text: str) -> str | None:
+    """The stripped content of the LAST box of the whole text (gold solutions: `"so \\boxed{1}."`
+    -> `1`), None when there is none or it is never closed. A completion's is `extract_answer`'s."""
+    boxes = find_boxes(text)
+    return boxes[-1][2].strip() if boxes and boxes[-1][2] is not None else None
+
+
+def _answer_boxes(turn: str) -> list[Box]:
+    """The turn's boxes, content stripped, empty ones (the instruction's `\\boxed{}` echoed back)
+    skipped; an unclosed last box stays (content None)."""
+    return [(s, e, c if c is None else c.strip()) for s, e, c in find_boxes(turn) if c is None or c.strip()]
+
+
+def boxes_of(text: str) -> list[tuple[int, int, str]]:
+    """The closed, non-empty boxes of `answer_turn(text)`, with positions in that turn."""
+    return [b for b in _answer_boxes(answer_turn(text)) if b[2] is not None]
+
+
+# What may sit between two boxes that list the parts of one answer: spaces, commas, semicolons,
+# `&`, math delimiters, LaTeX spacing and "and". Any other word (e.g. "Wait, actually") separates.
+_BOX_GAP = re.compile(r"(?:\s|[,;&$]|\\[()\[\]]|\\q?quad|\\[,;:! ]|\\text\{\s*+(?:and|,)?\s*+\}|\band\b)*+")
+# Boxes offered as alternatives: `\boxed{18} or \boxed{19}`, `$\boxed{18}$, or perhaps $\boxed{19}$`.
+_ALTERNATIVE_GAP = re.compile(
+    r"(?:\s|[,;/$]|\\[()\[\]]|\\q?quad|\\[,;:! ]|\\text\{\s*+or\s*+\}|\b(?:maybe|perhaps|possibly|either)\b)*+"
+    r"\bor\b(?:\s|[,;/$]|\\[()\[\]]|\b(?:maybe|perhaps|possibly|even)\b)*+", re.IGNORECASE)
+_MAX_BOX_GAP = 200  # boxes further apart than this are separate answers
+_MAX_JOINED_BOXES = 20  # a find-all answer lists a few parts, not hundreds
+
+
+def box_gap(gap: str) -> str:
+    """What the text between two boxes makes of them: "list" (parts of one answer), "alternatives"
+    (an "or") or "" (any other text: separate answers, e.g. a revision)."""
+    if len(gap) <= _MAX_BOX_GAP and _BOX_GAP.fullmatch(gap):
+        return "list"
+    if len(gap) <= _MAX_BOX_GAP and _ALTERNATIVE_GAP.fullmatch(gap):
+        return "alternatives"
+    return ""
 
 
 def final_boxes(text: str) -> list[str]:
-    """The contents of the boxes that end the answer: the last non-empty box, preceded by the
-    boxes joined to it only by commas, "and", spaces or math delimiters (`\\boxed{1}, \\boxed{2}`).
-    Empty boxes (`\\boxed{}`, e.g. the prompt's instruction echoed back) are skipped. [] when the
-    last box is never closed or there is no box."""
-    turn = _answer_turn(text)
-    boxes = [b for b in _boxes(turn) if b[2] is None or b[2].strip()]
+    """The last box's content, preceded by the boxes listed with it (`\\boxed{1}, \\boxed{2}`);
+    [] when the last box is never closed or there is none."""
+    turn = answer_turn(text)
+    boxes = _answer_boxes(turn)[-_MAX_JOINED_BOXES:]
     if not boxes or boxes[-1][2] is None:
         return []
     run = [boxes[-1]]  # built backwards from the last box
-    for prev in reversed(boxes[-_MAX_JOINED_BOXES:-1]):
-        gap = turn[prev[1] : run[-1][0]]
-        if prev[2] is None or len(gap) > _MAX_BOX_GAP or not _BOX_GAP.fullmatch(gap):
+    for prev in reversed(boxes[:-1]):
+        if box_gap(turn[prev[1] : run[-1][0]]) != "list":
             break
         run.append(prev)
-    return [a for a in (_tidy(b[2]) for b in reversed(run)) if a is not None]
+    return [b[2] for b in reversed(run)]
 
 
-EXTRACTIONS = ("strict", "eval")
+# =============================================================================================
+# Extraction: the final answer of a completion
+# =============================================================================================
+# Decoding with special tokens kept leaves chat-template debris. The answer turn ends at its first
+# end-of-turn token; whatever the model wrote after it (a new "user" turn...) is not its answer.
+_END_OF_TURN = re.compile(
+    r"<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|<\|end_of_text\|>|<\|end\|>|</s>|<\|im_start\|>"
+    r"|<｜end▁of▁sentence｜>")
+_ROLE_HEADER = re.compile(r"^[ \t]*+(?:assistant|user|system)[ \t]*+\n"
+                          r"|<\|start_header_id\|>\w*<\|end_header_id\|>")
+_MAX_SCAN_CHARS = 100_000  # only the end of a completion (~25k tokens) is read for its answer
+# `#### 18` alone on its line; a markdown heading like `#### Step 1: ...` is not an answer.
+_GSM8K_ANSWER = re.compile(r"^[ \t]*+####[ \t]*+(\S++)[ \t]*+$", re.MULTILINE)
+# Possessive quantifiers (*+, ++) keep these regexes linear on adversarial text (2 MB of spaces).
+_ANSWER_PHRASE = re.compile(r"(?:the\s++)?(?:final\s++)?answer\s*+(?:\*\*)?\s*+(?:is\b\s*+:?|:)[ \t]*+",
+                            re.IGNORECASE)
 # Eval only: a bold "**Final Answer**" heading with the answer on the next line, and "the final
 # answer to the question is X" (up to 100 characters between "answer" and "is", as Math-Verify).
 _EVAL_ANSWER_PHRASE = re.compile(
     _ANSWER_PHRASE.pattern + r"|final\s++answer\s*+(?:\*\*)?[ \t]*+\n\s*+"
-    r"|(?:the\s++)?final\s++answer\b[^.\n$\\]{1,100}?\b(?:is|=)\s*+:?[ \t]*+",
-    re.IGNORECASE,
-)
+    r"|(?:the\s++)?final\s++answer\b[^.\n$\\]{1,100}?\b(?:is|=)\s*+:?[ \t]*+", re.IGNORECASE)
+_DELIMITED = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|\*\*(.+?)\*\*", re.DOTALL)
+_CHOICE = re.compile(r"\(?[A-Ea-e]\)?")
 # Where an answer stated in words ends: a line break, a full stop, "I hope it is correct", a clause.
 _CLAUSE_END = re.compile(r"\n|\.(?=\s|$)|;\s|\s(?:I\s+hope|because|since|which|as\s+(?:it|this))\b", re.IGNORECASE)
 # In "the total number of apples is 18", the answer is what follows the last of these.
 _RESULT_WORD = re.compile(r"(?:\b(?:is|are|equals|be|of)\b\s*+:?|=)\s*+")
+EXTRACTIONS = ("strict", "eval")
 
 
-def _check_extraction(extraction: str) -> None:
-    if extraction not in EXTRACTIONS:
-        raise ValueError(f"extraction={extraction!r}: accepted {' | '.join(EXTRACTIONS)}")
+def after_thinking(text: str) -> str:
+    """The text after the LAST `</think>` (thinking is scratch work, never read for the answer);
+    "" when `<think>` never closes; the text itself without think tags. (A template may put
+    `<think>` in the prompt, so a completion may hold only `</think>`.)"""
+    end = text.rfind("</think>")
+    if end >= 0:
+        return text[end + len("</think>"):]
+    return "" if "<think>" in text else text
+
+
+def answer_turn(text: str) -> str:
+    """What is read for the answer: the first non-blank stretch between end-of-turn tokens, its
+    role name ("assistant\\n") and thinking dropped, cut to its last _MAX_SCAN_CHARS characters."""
+    for part in _END_OF_TURN.split(text):
+        part = _ROLE_HEADER.sub("", part)
+        if part.strip():
+            return after_thinking(part)[-_MAX_SCAN_CHARS:]
+    return ""
+
+
+def _tidy(answer: str, punctuation: str = "") -> str | None:
+    """Strip spaces and trailing `punctuation` (prose drops its full stop; `\\boxed{5!}` keeps
+    its `!`); "" becomes None."""
+    return answer.strip().rstrip(punctuation).strip() or None
 
 
 def _math_answer(value: str) -> str | None:
-    """An answer read from prose, if it looks like one: it holds a digit or a backslash, or is a
-    choice letter like `(C)`. A plain word ("not", "yes", "clear") is never an answer."""
+    """Prose as an answer if it holds a digit or a backslash or is a choice letter like `(C)`; a
+    plain word ("not", "yes", "clear") is never one."""
     value = _tidy(re.sub(r"(?<!\\)\$", "", value).replace("\\(", "").replace("\\)", ""), ".,;:!")
     if value and (re.search(r"[\d\\]", value) or _CHOICE.fullmatch(value)):
         return value
@@ -249,12 +242,9 @@ def _math_answer(value: str) -> str | None:
 
 
 def _stated_answer(text: str, phrase: re.Match, extraction: str) -> str | None:
-    """The answer stated right after an answer phrase ("the answer is", "Final Answer:").
-
-    strict: a math span (`$...$`, `\\(...\\)`, `\\[...\\]`, bold `**X**`) or one token.
-    eval: also an answer written over several tokens (`3 \\sqrt{2}`, `x + 1`), and the value
-    after the last "is" / "=" of a sentence ("Final Answer: The total number of apples is 18.");
-    a number followed by words keeps the number ("18 apples", "\\$18 per day")."""
+    """The answer right after an answer phrase. strict: a math span (`$...$`, `\\(...\\)`,
+    `\\[...\\]`, `**X**`) or one token. eval: also several tokens (`3 \\sqrt{2}`), the value after
+    a sentence's last "is" / "=" ("The total is 18."), a number before words ("18 apples")."""
     rest = text[phrase.end() : phrase.end() + 2 * MAX_ANSWER_CHARS]
     if text.endswith("**", 0, phrase.start()) and rest.startswith("**"):
         rest = rest[2:].lstrip(" \t")  # the bold label's closing `**`, as in "**Final Answer:** 73"
@@ -267,7 +257,7 @@ def _stated_answer(text: str, phrase: re.Match, extraction: str) -> str | None:
         return token if token and (re.search(r"[\d\\]", token) or _CHOICE.fullmatch(token)) else None
     clause = _CLAUSE_END.split(rest, maxsplit=1)[0].strip()
     if re.match(r"(?:not|no|unknown|undefined)\b|\\f?box", clause, re.IGNORECASE):
-        return None  # "the answer is not 5"; "the answer is \box" (cut off, not a box _boxes reads)
+        return None  # "the answer is not 5"; "the answer is \box" (cut off, not a box find_boxes reads)
     results = list(_RESULT_WORD.finditer(clause))
     if results and re.match(r"[A-Za-z]{2}", clause):  # a sentence: "the total ... is 18"
         after = _math_answer(clause[results[-1].end() :])
@@ -292,43 +282,11 @@ def _last_statement(text: str, extraction: str, after: int = 0) -> str | None:
     return None
 
 
-def answer_turn(text: str) -> str:
-    """The part of a completion that is read for its answer: the model's answer turn, cut at its
-    first end-of-turn token (see `extract_answer`)."""
-    return _answer_turn(text)
-
-
-# Boxes offered as alternatives: `\boxed{18} or \boxed{19}`, `$\boxed{18}$, or perhaps $\boxed{19}$`.
-_ALTERNATIVE_GAP = re.compile(
-    r"(?:\s|[,;/$]|\\[()\[\]]|\\q?quad|\\[,;:! ]|\\text\{\s*+or\s*+\}|\b(?:maybe|perhaps|possibly|either)\b)*+"
-    r"\bor\b(?:\s|[,;/$]|\\[()\[\]]|\b(?:maybe|perhaps|possibly|even)\b)*+",
-    re.IGNORECASE,
-)
-
-
-def box_gap(gap: str) -> str:
-    """What the text between two boxes makes of them: "list" (commas, "and", spaces, `$`: parts
-    of one answer, `\\boxed{1}, \\boxed{2}`), "alternatives" (an "or": `\\boxed{18} or \\boxed{19}`),
-    or "" (any other text: separate answers, e.g. a revision)."""
-    if len(gap) <= _MAX_BOX_GAP and _BOX_GAP.fullmatch(gap):
-        return "list"
-    if len(gap) <= _MAX_BOX_GAP and _ALTERNATIVE_GAP.fullmatch(gap):
-        return "alternatives"
-    return ""
-
-
-def boxes_of(text: str) -> list[tuple[int, int, str]]:
-    """The closed, non-empty boxes of the answer turn (`answer_turn(text)`), in order, as
-    (start, end, content) with positions in the answer turn (end just past the closing brace)."""
-    return [(b[0], b[1], a) for b in _boxes(_answer_turn(text)) if b[2] is not None for a in [_tidy(b[2])] if a]
-
-
 def answer_statements(text: str) -> list[tuple[int, str]]:
-    """Every answer the answer turn (`answer_turn(text)`) states, in order, as (start, answer)
-    with start a position in the answer turn: each closed, non-empty box, and each explicit answer
-    statement ("the answer is 18", "Final Answer: 18", `#### 18`) read as `extract_answer` reads
-    one (strict). Used by rewards' negative rules: a negative must not state the gold anywhere."""
-    turn = _answer_turn(text)
+    """Every (start, answer) `answer_turn(text)` states, in order: each box of `boxes_of`, each
+    `#### 18` and "the answer is 18" read as strict `extract_answer` reads one. For rewards'
+    negative rules: a negative must not state the gold anywhere."""
+    turn = answer_turn(text)
     found = [(start, answer) for start, _, answer in boxes_of(text)]
     for m in _GSM8K_ANSWER.finditer(turn):
         answer = _tidy(m.group(1), ".,;:")
@@ -342,61 +300,43 @@ def answer_statements(text: str) -> list[tuple[int, str]]:
 
 
 def extract_answer(text: str, *, extraction: str = "strict") -> str | None:
-    """The final answer of a completion, as a string, or None when there is none.
-
-    extraction="strict" (the default; the generator's reward and synthesis), in order of precedence:
-    1. the content of the LAST `\\boxed{...}` (braces nest; `\\fbox{}` and a bare `\\boxed 5` too);
-    2. else the last GSM8K-style `#### N`;
-    3. else the last explicit "the (final) answer is X", "Final Answer: X" or "Answer: X", where X
-       is `$...$`, `\\(...\\)`, `\\[...\\]`, bold `**X**`, or a single token that holds a digit or a
-       backslash or is a choice letter like `(C)`.
-    extraction="eval" (evaluate.py), as the Qwen2.5-Math harness and Math-Verify read answers:
-    an explicit final-answer statement AFTER the last box wins over that box (the box was an
-    intermediate step); statements are read over several tokens and from sentences
-    ("Final Answer: The total is 18."), also after a "**Final Answer**" heading; otherwise as strict.
-    Only the answer turn is read: the text is cut at its first end-of-turn token (`<|im_end|>`,
-    `<|endoftext|>`, `</s>`...).
-
-    NOT extracted, on purpose, in either mode:
-    * a last bare number or expression with no box and no answer phrase: a guess lying in the
-      text must not count as an answer (a negative generator would learn to leave one);
-    * an unclosed last box (`\\boxed{12` at the end of a truncated completion): the answer was cut
-      off, so there is none, and an earlier box is not taken in its place (it may be a step the
-      model revised);
-    * empty boxes; a plain word after "the answer is" (`the answer is not 5`, `the answer is yes`),
-      which would otherwise parse as a product of letters.
-    """
-    _check_extraction(extraction)
-    text = _answer_turn(text)
-    boxes = [b for b in _boxes(text) if b[2] is None or b[2].strip()]
-    if boxes and extraction == "eval" and boxes[-1][2] is not None:
-        later = _last_statement(text, extraction, after=boxes[-1][1])
-        if later is not None:
-            return later
+    """The final answer of `answer_turn(text)`, or None. strict (default), first found of: the
+    content of the LAST non-empty box; the last `#### N`; the last "the (final) answer is X" /
+    "Final Answer: X" / "Answer: X", X a math span, `**X**` or one token with a digit, a backslash
+    or a choice letter. eval (evaluate.py, as Qwen2.5-Math and Math-Verify): an answer statement
+    AFTER the last box beats it (the box was a step), read over several tokens, from a sentence
+    ("The total is 18.") or after a "**Final Answer**" heading.
+    Never extracted: a last bare number (a guess lying in the text), an unclosed last box (cut
+    off: an earlier box may be a revised step, so none is taken), a plain word after "the answer
+    is" (`not 5`, `yes`: Math-Verify would read a product of letters)."""
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"extraction={extraction!r}: accepted {' | '.join(EXTRACTIONS)}")
+    turn = answer_turn(text)
+    boxes = _answer_boxes(turn)
     if boxes:
-        return None if boxes[-1][2] is None else _tidy(boxes[-1][2])
-    gsm8k = _GSM8K_ANSWER.findall(text)
+        if extraction == "eval" and boxes[-1][2] is not None:
+            later = _last_statement(turn, extraction, after=boxes[-1][1])
+            if later is not None:
+                return later
+        return boxes[-1][2]
+    gsm8k = _GSM8K_ANSWER.findall(turn)
     if gsm8k:
         return _tidy(gsm8k[-1], ".,;:")
-    return _last_statement(text, extraction)
+    return _last_statement(turn, extraction)
 
 
 # =============================================================================================
-# Normalisation and the pure-Python fast path
+# Refusals, normalisation and the pure-Python fast path
 # =============================================================================================
 _UNSAFE = re.compile(
     r"__|`|\"|\b(?:import|lambda|eval|exec|compile|getattr|setattr|globals|locals|subprocess)\b"
-    r"|\bos\s*\.|\bsys\s*\.|\bopen\s*\("
-)
-# Well-formed but ruinous for sympy (minutes, gigabytes): a numeric power tower of height 3+
-# (9^{9^{9}}, 10**10**10) or an exponent of 5+ digits. Refused up front, so that a generator that
-# learns to emit them cannot stall training for WORKER_TIMEOUT_S plus a worker restart each time.
-# Likewise a factorial of a number of 5+ digits (`99999999999!`: 10^12 digits) or of a factorial
-# (`(10!)!`). An expensive answer no cheap rule recognises ((10^7)!) still meets the worker timeout.
+    r"|\bos\s*\.|\bsys\s*\.|\bopen\s*\(")
+# Ruinous for sympy (minutes, gigabytes), refused so a generator cannot stall training with them:
+# a numeric power tower (9^{9^{9}}), an exponent of 5+ digits, a factorial of a 5+ digit number or
+# of a factorial (`(10!)!`). What no cheap rule catches ((10^7)!) meets the worker timeout.
 _TOO_BIG = re.compile(
     r"\d\s*(?:\^|\*\*)\s*\{?\s*\d+\s*(?:\^|\*\*)\s*\{?\s*\d|(?:\^|\*\*)\s*\{?\s*[+-]?\d{5}"
-    r"|\d{5}\s*+(?:\\right\s*+)?[)}\]]*+\s*+!|!\s*+(?:\\right\s*+)?[)}\]]++\s*+!"
-)
+    r"|\d{5}\s*+(?:\\right\s*+)?[)}\]]*+\s*+!|!\s*+(?:\\right\s*+)?[)}\]]++\s*+!")
 _MAX_NESTING = 20  # brace/bracket depth; real answers stay under ~6
 _TEXT_UNIT = re.compile(r"\s*\\(?:text|mbox|mathrm|textrm|rm)\s*\{[^{}]*\}(?:\s*\^\s*\{?\d\}?)?\s*$")
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mbox|mathrm|textrm)\s*\{([^{}]*)\}")
@@ -409,10 +349,14 @@ _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _ASSIGNMENT = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(.+)", re.DOTALL)
 
 
+def _nesting(s: str) -> int:
+    """The deepest nesting of (), [] and {} in s."""
+    return max(itertools.accumulate((ch in "([{") - (ch in ")]}") for ch in s), default=0)
+
+
 def _clean(s: str) -> str:
-    """Remove what never changes an answer's value: math delimiters, `\\left`/`\\right`, spacing,
-    `\\$`, percent and degree signs, a trailing unit (`\\text{ cm}`, `\\mbox{ inches}^2`,
-    `10 dollars`), thousands separators, an enclosing `\\boxed{}` and trailing punctuation."""
+    """Drop what never changes a value: math delimiters, `\\left`/`\\right`, spacing, `\\$`, `%`,
+    degrees, a trailing unit (`\\text{ cm}`, `10 dollars`), thousands commas, an enclosing box."""
     s = s.strip()
     while s.startswith(("\\boxed{", "\\fbox{")) and s.endswith("}"):
         s = s[s.index("{") + 1 : -1].strip()
@@ -443,44 +387,9 @@ def _clean(s: str) -> str:
 
 
 def _canonical(s: str) -> str:
-    """A cleaned answer with every `\\text{}` unwrapped and all spaces removed, for string equality.
-    A choice letter `(C)` becomes `C`."""
+    """For string equality: `\\text{}` unwrapped, spaces removed, a choice `(C)` as `C`."""
     s = re.sub(r"\s+", "", _TEXT_WRAP.sub(r"\1", s))
     return s.strip("()").upper() if _CHOICE.fullmatch(s) else s
-
-
-# A number the fast path reads exactly: (value, is_decimal). Decimals are the only approximations.
-_Number = tuple[Fraction, bool]
-_INT = r"[+-]?\d+"
-_DECIMAL = r"[+-]?(?:\d+\.\d*|\.\d+)"
-_SCIENTIFIC = re.compile(
-    r"([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]|\s*\\(?:times|cdot)\s*10\s*\^)\s*\{?([+-]?\d{1,3})\}?"
-)
-_FRAC = re.compile(r"([+-]?)\\frac\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))")
-_SLASH = re.compile(rf"({_INT})\s*/\s*({_INT})")
-
-
-def _number(s: str) -> _Number | None:
-    """Read a plain number: integer (leading zeros allowed), decimal, scientific notation
-    (`5.47e5`, `2.78\\times 10^{-6}`; exponent at most 3 digits), `a/b` or `\\frac{a}{b}` / `\\frac12`
-    with integer parts. Anything else is None (left to Math-Verify)."""
-    s = s.strip()
-    if re.fullmatch(_INT, s):
-        return Fraction(int(s)), False
-    if re.fullmatch(_DECIMAL, s):
-        return Fraction(s), True
-    m = _SCIENTIFIC.fullmatch(s)
-    if m:
-        return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)), True
-    m = _FRAC.fullmatch(s) or _SLASH.fullmatch(s)
-    if m:
-        if m.re is _SLASH:
-            num, den = int(m.group(1)), int(m.group(2))
-        else:
-            num, den = int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5))
-            num = -num if m.group(1) == "-" else num
-        return (Fraction(num, den), False) if den != 0 else None
-    return None
 
 
 def _split_top_level(s: str) -> list[str]:
@@ -498,13 +407,51 @@ def _split_top_level(s: str) -> list[str]:
     return parts
 
 
+def _parts(s: str) -> list[str]:
+    """The comma-separated parts of a cleaned answer: 2 in `5, 7` and `\\{1, 2\\}`, 1 in `(3, 4)`."""
+    if s.startswith("\\{") and s.endswith("\\}"):
+        s = s[2:-2]
+    return [part for part in _split_top_level(s) if part.strip()]
+
+
+# A number the fast path reads exactly: (value, is_decimal). Decimals are the only approximations.
+_Number = tuple[Fraction, bool]
+_INT = r"[+-]?\d+"
+_DECIMAL = r"[+-]?(?:\d+\.\d*|\.\d+)"
+_SCIENTIFIC = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]|\s*\\(?:times|cdot)\s*10\s*\^)"
+                         r"\s*\{?([+-]?\d{1,3})\}?")
+_FRAC = re.compile(r"([+-]?)\\frac\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))\s*(?:\{\s*([+-]?\d+)\s*\}|(\d))")
+_SLASH = re.compile(rf"({_INT})\s*/\s*({_INT})")
+
+
+def _number(s: str) -> _Number | None:
+    """A plain number: integer, decimal, `5.47e5` / `2.78\\times 10^{-6}` (exponent <= 3 digits),
+    `a/b`, `\\frac{a}{b}` / `\\frac12` of integers. Else None (left to Math-Verify)."""
+    s = s.strip()
+    if re.fullmatch(_INT, s):
+        return Fraction(int(s)), False
+    if re.fullmatch(_DECIMAL, s):
+        return Fraction(s), True
+    m = _SCIENTIFIC.fullmatch(s)
+    if m:
+        return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)), True
+    m = _SLASH.fullmatch(s)
+    if m:
+        num, den = int(m.group(1)), int(m.group(2))
+    else:
+        m = _FRAC.fullmatch(s)
+        if not m:
+            return None
+        num, den = int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5))
+        num = -num if m.group(1) == "-" else num
+    return (Fraction(num, den), False) if den != 0 else None
+
+
 def _numbers(s: str) -> tuple[str, list[_Number]] | None:
-    """Read a number or a flat collection of numbers as (kind, values). kind is "number", "set"
-    (a bare list `1, -2` or braces `\\{1, -2\\}`: order does not matter) or the bracket pair of an
-    ordered one ("()", "[)", "[]"...: a tuple or an interval). A leading `x =` is dropped."""
-    assignment = _ASSIGNMENT.fullmatch(s)
-    if assignment:
-        s = assignment.group(1).strip()
+    """(kind, values) of a number or flat collection of numbers, `x =` dropped. kind: "number",
+    "set" (`1, -2` or `\\{1, -2\\}`: values distinct and sorted) or the brackets of a tuple or
+    interval ("()", "[)"...)."""
+    s = assignment.group(1).strip() if (assignment := _ASSIGNMENT.fullmatch(s)) else s  # `x = 18`: 18
     single = _number(s)
     if single is not None:
         return "number", [single]
@@ -521,21 +468,19 @@ def _numbers(s: str) -> tuple[str, list[_Number]] | None:
     values = [_number(part) for part in _split_top_level(inner)]
     if len(values) < 2 or any(v is None for v in values):
         return None
+    if kind == "set":
+        values = sorted({v[0]: v for v in values}.values())
+        kind = "number" if len(values) == 1 else "set"  # `1, 1` is the number 1
     return kind, values  # type: ignore[return-value]
 
 
 def _terminates(x: Fraction) -> bool:
-    """Whether x has a finite decimal expansion (its denominator is 2^a 5^b)."""
-    d = x.denominator
-    for p in (2, 5):
-        while d % p == 0:
-            d //= p
-    return d == 1
+    """Whether x has a finite decimal expansion: its denominator divides a power of ten."""
+    return 10 ** x.denominator.bit_length() % x.denominator == 0
 
 
 def _same_number(a: _Number, b: _Number) -> bool:
-    """Equal values; or one side a decimal within REL_TOL of the other's exact value when that
-    value has no finite decimal expansion (`0.333333` ~ `1/3`; `0.1500001` is not ~ `3/20`)."""
+    """Equal, or a decimal within REL_TOL of an exact value with no finite decimal expansion."""
     if a[0] == b[0]:
         return True
     for approx, exact in ((a, b), (b, a)):
@@ -545,13 +490,12 @@ def _same_number(a: _Number, b: _Number) -> bool:
 
 
 def _fast_compare(answer: str, gold: str) -> Verdict | None:
-    """Decide from numbers alone, or None to leave it to Math-Verify. Both sides must read as
-    numbers (`_numbers`). Sets compare as sorted lists of their distinct values; ordered
-    collections element by element with the same brackets (`[2,5)` != `[2,5]`)."""
+    """Decide from numbers alone (`_numbers`), or None to leave it to Math-Verify. Ordered
+    collections compare element by element with the same brackets (`[2,5)` != `[2,5]`)."""
     a, g = _numbers(answer), _numbers(gold)
     if a is None or g is None:
         return None
-    (a_kind, a_vals), (g_kind, g_vals) = _distinct(*a), _distinct(*g)
+    (a_kind, a_vals), (g_kind, g_vals) = a, g
     if a_kind != g_kind:
         if "number" in (a_kind, g_kind):
             return "wrong"  # one number against two or more
@@ -563,23 +507,13 @@ def _fast_compare(answer: str, gold: str) -> Verdict | None:
     return "correct" if all(_same_number(x, y) for x, y in zip(a_vals, g_vals)) else "wrong"
 
 
-def _distinct(kind: str, values: list[_Number]) -> tuple[str, list[_Number]]:
-    """A set's distinct values in increasing order (one value left: a number); others as they are."""
-    if kind != "set":
-        return kind, values
-    values = sorted({v[0]: v for v in values}.values())
-    return ("number" if len(values) == 1 else "set"), values
-
-
 # =============================================================================================
-# The Math-Verify worker process
+# The Math-Verify worker process: bounded time off the main thread, no eval
 # =============================================================================================
 def _mv_compare(answer: str, gold: str) -> tuple[Verdict, str]:
-    """(runs in the worker) Parse both with Math-Verify's LaTeX parser and compare them.
-
-    Math-Verify's own float check rounds to a number of decimal PLACES (6 by default: it calls
-    6.72e-5 equal to 6.73e-5), so it is given 12 places here and the relative REL_TOL check
-    below handles approximations of irrational values (`6.283185` ~ `2\\pi`)."""
+    """(in the worker) Parse both with Math-Verify's LaTeX parser and compare. Its float check
+    rounds to decimal PLACES (6 by default: 6.72e-5 = 6.73e-5), so it gets 12 and `_approx_equal`
+    judges approximations of irrational values (`6.283185` ~ `2\\pi`)."""
     from math_verify import LatexExtractionConfig, parse, verify
 
     def latex(s: str) -> list:
@@ -602,28 +536,23 @@ def _mv_compare(answer: str, gold: str) -> tuple[Verdict, str]:
 
 
 def _approx_equal(x, y) -> bool:
-    """(runs in the worker) One side a decimal (sympy Float), the other an exact real number with
-    no finite decimal expansion, within REL_TOL of it."""
+    """(in the worker) A sympy Float within REL_TOL of an exact real with no finite decimal form."""
     import sympy
 
     for approx, exact in ((x, y), (y, x)):
-        if not isinstance(approx, sympy.Float) or not isinstance(exact, sympy.Expr):
-            continue
-        if not exact.is_number or exact.has(sympy.Float):
-            continue
-        if exact.is_Rational and _terminates(Fraction(int(exact.p), int(exact.q))):
+        if not isinstance(approx, sympy.Float) or not isinstance(exact, sympy.Expr) \
+                or not exact.is_number or exact.has(sympy.Float) \
+                or (exact.is_Rational and _terminates(Fraction(int(exact.p), int(exact.q)))):
             continue
         value = sympy.N(exact, 30)
-        if not value.is_real or not value.is_finite:
-            continue
-        tol = sympy.Rational(REL_TOL.numerator, REL_TOL.denominator)
-        return bool(abs(sympy.N(approx, 30) - value) <= tol * abs(value))
+        if value.is_real and value.is_finite:
+            tol = sympy.Rational(REL_TOL.numerator, REL_TOL.denominator)
+            return bool(abs(sympy.N(approx, 30) - value) <= tol * abs(value))
     return False
 
 
 def _worker_main() -> None:
-    """(the worker process) Read one JSON request per line from stdin, write one JSON verdict per
-    line. Exits when stdin closes (the parent is gone)."""
+    """(the worker) One JSON request per stdin line, one JSON verdict per line; ends with stdin."""
     import logging
     import resource
     import signal
@@ -653,12 +582,9 @@ class _Worker:
     def __init__(self) -> None:
         _count("worker_starts")
         self.owner_pid = os.getpid()  # a forked child must start its own worker, not share this one
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", os.path.abspath(__file__), "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-        )
-        self.buffer = b""
-        self.ready = False
+        self.proc = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), "--worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.buffer, self.ready = b"", False
 
     def read_line(self, timeout_s: float) -> bytes | None:
         """The next line from the worker, or None after timeout_s. EOFError if the worker died."""
@@ -674,22 +600,6 @@ class _Worker:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
 
-    def wait_ready(self) -> None:
-        if self.ready:
-            return
-        try:
-            line = self.read_line(WORKER_START_TIMEOUT_S)
-        except EOFError:
-            line = b""
-        if line != b"ready":
-            self.kill()
-            raise RuntimeError(
-                f"the grading worker ({sys.executable} {__file__} --worker) did not start within "
-                f"{WORKER_START_TIMEOUT_S:.0f} s (got {line!r}); its traceback, if any, is on stderr. "
-                "Is math-verify installed in this interpreter?"
-            )
-        self.ready = True
-
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -701,8 +611,9 @@ _WORKER: _Worker | None = None
 _WORKER_LOCK = threading.Lock()
 
 
-def _current_worker() -> _Worker:
-    """The live worker of this process, started (or restarted, if it died while idle) as needed."""
+def _ready_worker() -> _Worker:
+    """(under _WORKER_LOCK) This process's worker, started (or restarted, if it died while idle)
+    as needed, once it has said "ready"."""
     global _WORKER
     if _WORKER is not None and _WORKER.owner_pid == os.getpid() and _WORKER.proc.poll() is not None:
         _count("worker_crashes")
@@ -710,14 +621,26 @@ def _current_worker() -> _Worker:
         _WORKER = None
     if _WORKER is None or _WORKER.owner_pid != os.getpid():
         _WORKER = _Worker()
+    if not _WORKER.ready:
+        try:
+            line = _WORKER.read_line(WORKER_START_TIMEOUT_S)
+        except EOFError:
+            line = b""
+        if line != b"ready":
+            _WORKER.kill()
+            _WORKER = None
+            raise RuntimeError(
+                f"the grading worker ({sys.executable} {__file__} --worker) did not start within "
+                f"{WORKER_START_TIMEOUT_S:.0f} s (got {line!r}); its traceback, if any, is on stderr. "
+                "Is math-verify installed in this interpreter?")
+        _WORKER.ready = True
     return _WORKER
 
 
 def warm_up() -> None:
-    """Start the Math-Verify worker now and wait until it is ready (1-3 s), so that the first
-    grading call is not slowed by it. Optional: grading starts it when first needed."""
+    """Start the worker now (1-3 s) rather than in the first comparison that needs it."""
     with _WORKER_LOCK:
-        _current_worker().wait_ready()
+        _ready_worker()
 
 
 def shutdown_worker() -> None:
@@ -737,22 +660,19 @@ def _ask_worker(answer: str, gold: str) -> tuple[Verdict, str]:
     crash the worker is killed and a fresh one started right away (it warms up while we return)."""
     global _WORKER
     with _WORKER_LOCK:
-        worker = _current_worker()
-        worker.wait_ready()
+        worker = _ready_worker()
         _count("worker_calls")
         try:
             worker.proc.stdin.write((json.dumps({"answer": answer, "gold": gold}) + "\n").encode())
             line = worker.read_line(WORKER_TIMEOUT_S)
+            failure = "timeout" if line is None else ""
         except (EOFError, BrokenPipeError):
-            _count("worker_crashes")
+            failure = "worker_crash"
+        if failure:
+            _count("worker_timeouts" if failure == "timeout" else "worker_crashes")
             worker.kill()
             _WORKER = _Worker()
-            return "unparseable", "worker_crash"
-        if line is None:
-            _count("worker_timeouts")
-            worker.kill()
-            _WORKER = _Worker()
-            return "unparseable", "timeout"
+            return "unparseable", failure
     reply = json.loads(line)
     _count(f"worker:{reply['how']}")
     return reply["verdict"], reply["how"]
@@ -761,24 +681,10 @@ def _ask_worker(answer: str, gold: str) -> tuple[Verdict, str]:
 # =============================================================================================
 # Grading
 # =============================================================================================
-_CACHE: collections.OrderedDict[tuple[str, str], tuple[Verdict, str]] = collections.OrderedDict()
-_CACHE_LOCK = threading.Lock()
-
-
-def _nesting(s: str) -> int:
-    """The deepest nesting of (), [] and {} in s."""
-    depth = deepest = 0
-    for ch in s:
-        if ch in "([{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in ")]}":
-            depth -= 1
-    return deepest
-
-
+@functools.lru_cache(maxsize=CACHE_SIZE)  # thread-safe; a timeout is remembered too: no retry
 def _compare(answer: str, gold: str) -> tuple[Verdict, str]:
-    """(verdict, how) for an extracted answer against a gold answer, uncached."""
+    """(verdict, how) for an extracted answer against a gold answer: refusals first, then the
+    cheap checks, then the worker."""
     if len(answer) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         _count("too_long")
         return "unparseable", "too_long"
@@ -806,38 +712,21 @@ def _compare(answer: str, gold: str) -> tuple[Verdict, str]:
 
 
 def grade_answer(answer: str, gold: str) -> Grade:
-    """Grade an already extracted answer against a gold answer (see the module docstring for
-    what counts as equal). gold may be LaTeX, wrapped in `$...$` or not, `\\$18`, `27.0`...
-    Results are cached per (answer, gold)."""
+    """Grade an extracted answer against a gold answer (LaTeX, `$...$` or not, `\\$18`, `27.0`...);
+    cached per (answer, gold)."""
     if not isinstance(answer, str) or not isinstance(gold, str):
         raise TypeError(f"answer and gold must be str, got {type(answer).__name__} and {type(gold).__name__}")
     if not gold.strip():
         raise ValueError("the gold answer is empty; check the benchmark loader")
-    key = (answer, gold)
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            _count("cache_hits")
-    if hit is None:
-        hit = _compare(answer, gold)
-        with _CACHE_LOCK:
-            _CACHE[key] = hit
-            if len(_CACHE) > CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    return Grade(hit[0], answer, hit[1])
+    verdict, how = _compare(answer, gold)
+    return Grade(verdict, answer, how)
 
 
 def grade(pred_text: str, gold: str, *, extraction: str = "strict") -> Grade:
-    """Grade a full model completion against a gold answer.
-
-    The final answer (`extract_answer(pred_text, extraction=...)`) is compared first; if it is
-    not correct and the completion ends with several boxes joined by commas/"and"
-    (`\\boxed{1}, \\boxed{2}`), they are compared again as one list. With extraction="eval" an
-    answer split over several boxes for several parts ("(a) ... \\boxed{5}. (b) ... \\boxed{7}")
-    is also compared: the last n boxes joined, n the number of parts of the gold (`5, 7`: 2).
-    The verdict is "correct" if any comparison is, "no_answer" if nothing was extracted,
-    "wrong" only if every comparison made said wrong, else "unparseable"."""
+    """Grade a completion: its `extract_answer`, then, if not correct, the `final_boxes` listed
+    together as one list (`\\boxed{1}, \\boxed{2}`) and, for "eval", the last n boxes joined, n the
+    gold's number of parts ("(a) ... \\boxed{5}. (b) ... \\boxed{7}" for `5, 7`) unless offered as
+    alternatives. "correct" if any comparison is, "wrong" only if every one says so."""
     if not isinstance(pred_text, str):
         raise TypeError(f"pred_text must be str, got {type(pred_text).__name__}")
     answer = extract_answer(pred_text, extraction=extraction)
@@ -851,12 +740,12 @@ def grade(pred_text: str, gold: str, *, extraction: str = "strict") -> Grade:
     if len(boxes) >= 2 and boxes[-1] == answer:
         joined.append(", ".join(boxes))
     if extraction == "eval":
-        parts = len(_gold_parts(gold))
+        parts = len(_parts(_clean(gold)))
         every = boxes_of(pred_text)[-parts:]
-        turn = _answer_turn(pred_text)
+        turn = answer_turn(pred_text)
         alternatives = any(box_gap(turn[a[1] : b[0]]) == "alternatives" for a, b in zip(every, every[1:]))
         if 2 <= parts <= _MAX_JOINED_BOXES and len(every) == parts and every[-1][2] == answer and not alternatives:
-            joined.append(", ".join(b[2] for b in every))  # not `\boxed{1} or \boxed{2}`: alternatives
+            joined.append(", ".join(b[2] for b in every))
     for candidate in dict.fromkeys(joined):
         other = grade_answer(candidate, gold)
         if other.verdict == "correct":
@@ -866,26 +755,14 @@ def grade(pred_text: str, gold: str, *, extraction: str = "strict") -> Grade:
     return result
 
 
-def _gold_parts(gold: str) -> list[str]:
-    """The parts of a gold answer listed with commas: `5, 7` and `\\{1, 2\\}` have 2, `18` and
-    `(3, \\frac{\\pi}{2})` (a tuple, written in one box) 1."""
-    s = _clean(gold)
-    if s.startswith("\\{") and s.endswith("\\}"):
-        s = s[2:-2]
-    return [part for part in _split_top_level(s) if part.strip()]
-
-
 def is_correct(pred_text: str, gold: str, *, extraction: str = "strict") -> bool:
     """Whether the completion's final answer is equivalent to gold (see `grade`)."""
     return grade(pred_text, gold, extraction=extraction).verdict == "correct"
 
 
 def is_confidently_wrong(pred_text: str, gold: str, *, extraction: str = "strict") -> bool:
-    """Whether an answer was extracted and parsed and is not equivalent to gold under every check.
-    No answer, an answer too long or refused, a parse failure or a timeout are all False: a
-    negative sample must be a real wrong answer, never a format failure. (Whether a wrong
-    completion is a NEGATIVE, one final answer reached by its own reasoning, is decided by
-    rewards.negative_check on top of this verdict.)"""
+    """Whether an answer was extracted, parsed and found unequal by every check: no answer, a
+    refusal, a parse failure or a timeout are False (rewards.negative_check builds on this)."""
     return grade(pred_text, gold, extraction=extraction).verdict == "wrong"
 
 
@@ -893,9 +770,8 @@ def is_confidently_wrong(pred_text: str, gold: str, *, extraction: str = "strict
 # Answer shapes, for the negative rules of pns_mini.rewards
 # =============================================================================================
 # What may stand in a single number besides digits: fractions, roots, pi, products, functions.
-_NUMERIC_COMMANDS = re.compile(
-    r"\\(?:frac|sqrt|pi|cdot|times|div|binom|log|ln|exp|sin|cos|tan|cot|sec|csc)(?![A-Za-z])"
-)
+_NUMERIC_COMMANDS = re.compile(r"\\(?:frac|sqrt|pi|cdot|times|div|binom|log|ln|exp|sin|cos|tan|cot|sec|csc)"
+                               r"(?![A-Za-z])")
 # Alternatives inside one answer: "18 or 19", `18 \text{ or } 19`, `18 \lor 19`, `18 \pm 1`.
 _ALTERNATIVE = re.compile(r"\b(?:or|and)\b|\\(?:lor|vee|pm|mp)(?![A-Za-z])|;")
 
@@ -907,9 +783,7 @@ def is_numeric(answer: str) -> bool:
     word (`five`), a list (`18, 19`), alternatives (`18 \\text{ or } 19`), a tuple, an interval,
     `\\infty`, or nothing."""
     s = _clean(answer)
-    assignment = _ASSIGNMENT.fullmatch(s)
-    if assignment:
-        s = assignment.group(1).strip()
+    s = assignment.group(1).strip() if (assignment := _ASSIGNMENT.fullmatch(s)) else s  # `x = 18`: 18
     if _number(s) is not None:
         return True
     if "," in s or _ALTERNATIVE.search(_TEXT_WRAP.sub(r" \1 ", s)):
@@ -921,11 +795,7 @@ def is_numeric(answer: str) -> bool:
 def answer_values(answer: str) -> int:
     """How many values an answer offers: 1 for `18` or `(3, 4)` (one tuple), 2 for `18, 19`,
     `\\{18, 19\\}`, `18 \\text{ or } 19`, `18 \\pm 1`, `x = 18 \\text{ and } x = 19`. 0 for none."""
-    s = _TEXT_WRAP.sub(r" \1 ", _clean(answer))
-    if s.startswith("\\{") and s.endswith("\\}"):
-        s = s[2:-2]
-    parts = [p for p in _split_top_level(s) if p.strip()]
-    return sum(1 + len(_ALTERNATIVE.findall(p)) for p in parts)
+    return sum(1 + len(_ALTERNATIVE.findall(p)) for p in _parts(_TEXT_WRAP.sub(r" \1 ", _clean(answer))))
 
 
 if __name__ == "__main__":

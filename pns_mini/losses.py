@@ -158,7 +158,6 @@ def grpo_loss(
     loss_type: str = "dapo",
     max_completion_length: int | None = None,
     normalizer: float | torch.Tensor | None = None,
-    num_items_in_batch: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped GRPO surrogate with an optional k3 KL penalty (DeepSeekMath, Shao et al. 2024,
     Eq. 3; clip-higher epsilon_high from DAPO, Yu et al. 2025, Sec. 3.1). Per token (i, t):
@@ -188,8 +187,6 @@ def grpo_loss(
             optimizer batch. Under gradient accumulation, pass the GLOBAL value (table) to every
             micro-batch and simply sum the micro-batch losses (or their gradients): the sum then
             equals the loss of the full batch, whatever the micro-batch sizes or token counts.
-        num_items_in_batch: TRL's name for the "dapo" normalizer (the total number of completion
-            tokens in the whole optimizer batch); accepted for "dapo" only, not with `normalizer`.
 
     Reduction (m = completion_mask; sums run over this micro-batch's rows and tokens):
 
@@ -232,12 +229,6 @@ def grpo_loss(
         )
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs ref_logps for the KL penalty")
-    if num_items_in_batch is not None:
-        if loss_type != "dapo" or normalizer is not None:
-            raise ValueError(
-                "num_items_in_batch is the 'dapo' normalizer; pass `normalizer` instead"
-            )
-        normalizer = num_items_in_batch
 
     mask = completion_mask.to(logps.dtype)  # (N, T)
     old_logps = logps.detach() if old_logps is None else old_logps  # ratio 1 when None

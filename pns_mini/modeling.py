@@ -167,10 +167,7 @@ def load_model_and_tokenizer(
     torch_dtype = resolve_dtype(dtype, dev)
     _KERNELS_NOTICE.four_bit_on_cpu |= load_in_4bit and dev.type == "cpu"
     tried = []
-    try:
-        base_path, adapter_from_name = resolve_model_path(name_or_path)
-    except ModelLoadError:
-        raise
+    base_path, adapter_from_name = resolve_model_path(name_or_path)
     adapter = adapter or adapter_from_name
     if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
         what = "no such folder" if not Path(adapter).expanduser().is_dir() else "no adapter_config.json in it"

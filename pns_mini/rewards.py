@@ -48,7 +48,7 @@ The ordering holds for any non-negative weights with accuracy > 0 and malformed_
 weight (the last is checked).
 
 This module never imports torch: the model-based scores arrive as lists of floats from
-pns_mini.scorers (or from the scorer objects the TRL adapters below are given).
+pns_mini.scorers (or from the scorer objects the TRL adapters in trl_rewards.py are given).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ import math
 import re
 
 from pns_mini import grading
-from pns_mini.data import ANSWER_INSTRUCTION, BOXED_COMMAND, last_box_span
+from pns_mini.data import BOXED_COMMAND
 
 COMPONENTS = ("format", "accuracy", "reward_model", "judge")
 DEFAULT_REWARD_WEIGHTS = {"format": 0.5, "accuracy": 1.0, "reward_model": 1.0, "judge": 1.0}
@@ -132,25 +132,17 @@ def format_check(completion: str, truncated: bool, *, min_chars: int = MIN_CHARS
         return False, "too_short"
     if repeat_ratio(text) > max_repeat_ratio:
         return False, "repetition"
-    span = last_box_span(text, (BOXED_COMMAND,))
-    if span is None:
+    boxed = [box for box in grading.find_boxes(text) if text.startswith(BOXED_COMMAND + "{", box[0])]
+    if not boxed:
         return False, "no_boxed"
-    start, end = span
-    if end is None:
-        return False, "unparseable"
-    answer = grading.extract_answer(text)
-    if answer is None or answer != grading.extract_answer(text[start:end]):
+    start, end, content = boxed[-1]
+    if content is None or grading.extract_answer(text) != content.strip():
         return False, "unparseable"
     if len(re.findall(r"\w+", text[:start])) < min_reasoning_words:
         return False, "no_reasoning_before_answer"
     if len(_TRAILER_NOISE.sub("", text[end:])) > max_trailing_chars:
         return False, "text_after_answer"
     return True, ""
-
-
-def format_reward(completion: str, truncated: bool, **kw) -> float:
-    """1.0 if `format_check` passes, else 0.0. kw: format_check's thresholds."""
-    return 1.0 if format_check(completion, truncated, **kw)[0] else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +282,24 @@ def weights_from_list(values: list[float]) -> dict[str, float]:
     return resolve_weights(dict(zip(COMPONENTS, values)))
 
 
+def parse_reward_weights(text: str | None) -> dict[str, float]:
+    """'format=0.5,judge=0' -> every component's weight (DEFAULT_REWARD_WEIGHTS for the rest);
+    '0.5,1,1,1' -> weights in COMPONENTS order (TRL's list form). ValueError names the problem."""
+    if text is None or not text.strip():
+        return resolve_weights(None)
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        if all("=" not in item for item in items):
+            return weights_from_list([float(item) for item in items])
+        pairs = [item.split("=", 1) for item in items]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("mix of name=value and bare numbers")
+        return resolve_weights({name.strip(): float(value) for name, value in pairs})
+    except ValueError as e:
+        raise ValueError(f"--reward-weights {text!r}: {e} (expected e.g. "
+                         f"'format=0.5,accuracy=1,reward_model=1,judge=1' or '0.5,1,1,1')") from None
+
+
 def composite_reward(components: dict[str, float], weights: dict[str, float], *, format_ok: bool, wrong: bool,
                      malformed_penalty: float = MALFORMED_PENALTY, plausibility_only_when_wrong: bool = True) -> float:
     """The scalar reward of one completion from its components (each in [0, 1]).
@@ -323,33 +333,40 @@ def _check_scores(name: str, scores: list[float] | None, n: int) -> list[float]:
     return [float(s) for s in scores]
 
 
-def score_completions(completions: list[str], golds: list[str], truncated: list[bool],
-                      rm_scores: list[float] | None, judge_scores: list[float] | None,
-                      weights: dict[str, float] | None = None, *, malformed_penalty: float = MALFORMED_PENALTY,
-                      plausibility_only_when_wrong: bool = True, **format_kw) -> list[dict]:
-    """Grade and score a batch of completions. One dict per completion:
+def plausibility_counts(row: dict, plausibility_only_when_wrong: bool = True) -> bool:
+    """Whether the reward-model and judge terms enter a scored row's total: well-formed and
+    verified wrong (every well-formed row with plausibility_only_when_wrong=False)."""
+    return row["format"] == 1.0 and (row["accuracy"] == 1.0 or not plausibility_only_when_wrong)
+
+
+def score_completions(completions: list[str], golds: list[str], truncated: list[bool], rm=None, judge=None,
+                      weights: dict[str, float] | None = None, *, questions: list[str] | None = None,
+                      malformed_penalty: float = MALFORMED_PENALTY, plausibility_only_when_wrong: bool = True,
+                      **format_kw) -> list[dict]:
+    """Grade and score a batch of completions, each graded once. One dict per completion:
 
     total         the composite reward (gated, see `composite_reward`)
     format        1.0 / 0.0: `negative_check`'s well_formed (format_check passed, grading could
                   compare the answer, and a wrong answer is a real negative)
     accuracy      1.0 when the verdict is "wrong" and the negative rules pass
                   (= accuracy_inversion_reward), else 0.0
-    reward_model  the normalised reward-model score, 0.0 when rm_scores is None (scorer off)
-    judge         the normalised judge score, 0.0 when judge_scores is None (judge off)
+    reward_model  the normalised reward-model score (0.0 where it was not computed)
+    judge         the normalised judge score (0.0 where it was not computed)
     answer        the extracted answer, or None
     verdict       grading's verdict: "correct" | "wrong" | "no_answer" | "unparseable" (a refused
                   negative keeps "wrong": its format_reason says why it is not a negative)
     format_reason "" or the failed rule's code (FORMAT_REASONS, NEGATIVE_REASONS included)
 
-    Components are reported even where the gating leaves them out of `total`, so they can be
-    logged. rm_scores / judge_scores must already be in [0, 1] (the scorers' __call__).
+    rm / judge: None (off: 0.0), a list of normalised scores in [0, 1], one per completion
+    (reported even where the gating leaves them out of `total`), or a scorer: a callable
+    (questions, completions) -> normalised scores (the scorers' __call__), called once on the
+    completions whose plausibility counts (`plausibility_counts`) and not at all at weight 0,
+    since no other score can change a reward; a scorer needs `questions`.
     weights: partial overrides of DEFAULT_REWARD_WEIGHTS; format_kw: format_check's thresholds.
     """
     n = len(completions)
     if len(golds) != n or len(truncated) != n:
         raise ValueError(f"{n} completions but {len(golds)} golds and {len(truncated)} truncated flags")
-    rm = _check_scores("rm_scores", rm_scores, n)
-    judge = _check_scores("judge_scores", judge_scores, n)
     w = resolve_weights(weights)
     rows = []
     for i, (completion, gold) in enumerate(zip(completions, golds)):
@@ -357,109 +374,23 @@ def score_completions(completions: list[str], golds: list[str], truncated: list[
         # a real wrong answer (= accuracy_inversion_reward, from the one grade() call): a refused
         # negative is a format failure AND earns no accuracy, whatever format_check said
         wrong = graded.verdict == "wrong" and reason not in NEGATIVE_REASONS and (ok or not negative_reason(completion, gold))
-        components = {"format": 1.0 if ok else 0.0,
-                      "accuracy": 1.0 if wrong else 0.0,
-                      "reward_model": rm[i], "judge": judge[i]}
-        total = composite_reward(components, w, format_ok=ok, wrong=wrong, malformed_penalty=malformed_penalty,
-                                 plausibility_only_when_wrong=plausibility_only_when_wrong)
-        rows.append({"total": total, **components, "answer": graded.answer, "verdict": graded.verdict,
-                     "format_reason": reason})
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# TRL-style reward functions, for scaling out with trl.GRPOTrainer(reward_funcs=..., args=
-# GRPOConfig(reward_weights=...)). Signature f(prompts, completions, **kwargs) -> list[float];
-# kwargs carry the dataset columns: `gold` (required), `question` (optional, else read from the
-# prompt), `truncated` (optional; TRL does not say which completions hit the length limit, so
-# without it none is treated as truncated: pair with GRPOConfig(mask_truncated_completions=True)).
-# ---------------------------------------------------------------------------------------------
-def _completion_text(completion) -> str:
-    """A TRL completion: a string, or chat messages [{"role": "assistant", "content": ...}]."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(m["content"] for m in completion if m.get("role", "assistant") == "assistant")
-
-
-def _question_text(prompt) -> str:
-    """The question from a TRL prompt: the last user message (or the string), with our answer
-    instruction removed. A chat-templated string prompt is returned whole: pass a `question` column."""
-    if not isinstance(prompt, str):
-        prompt = [m for m in prompt if m.get("role") == "user"][-1]["content"]
-    return prompt.strip().removesuffix(ANSWER_INSTRUCTION).strip()
-
-
-def _trl_columns(prompts, completions, kwargs) -> tuple[list[str], list[str], list[str], list[bool]]:
-    if "gold" not in kwargs:
-        raise ValueError("the reward functions need a 'gold' dataset column (the final answer of each problem)")
-    texts = [_completion_text(c) for c in completions]
-    questions = list(kwargs["question"]) if "question" in kwargs else [_question_text(p) for p in prompts]
-    truncated = [bool(t) for t in kwargs.get("truncated", [False] * len(texts))]
-    return questions, texts, list(kwargs["gold"]), truncated
-
-
-def _named(fn, name: str):
-    fn.__name__ = fn.__qualname__ = name  # TRL logs each reward function under its __name__
-    return fn
-
-
-def trl_reward_functions(rm_scorer=None, judge_scorer=None, weights: dict[str, float] | None = None, *,
-                         composite: bool = False, **format_kw) -> tuple[list, list[float]]:
-    """([format, accuracy, reward_model, judge] callables, their weights in that order); with
-    composite=True, ([pns_composite_reward], [1.0]) instead (see `make_pns_composite_reward`).
-
-    Each callable returns ONE ungated component per completion (TRL logs them as
-    rewards/<name>/mean). TRL then sums them weighted, WITHOUT our gating: a malformed completion
-    scores 0 + its rm/judge terms instead of -1, and a correct, plausible solution can outscore a
-    wrong, implausible one. Use `make_pns_composite_reward` (one callable, weight 1.0) for the
-    gated reward of this module. rm_scorer / judge_scorer: callables (questions, completions) ->
-    normalised scores, e.g. scorers.RewardModelScorer / JudgeScorer; None gives zeros."""
-    if composite:
-        return [make_pns_composite_reward(rm_scorer, judge_scorer, weights, **format_kw)], [1.0]
-    w = resolve_weights(weights)
-
-    def rows(prompts, completions, kwargs):
-        _, texts, golds, truncated = _trl_columns(prompts, completions, kwargs)
-        return score_completions(texts, golds, truncated, None, None, **format_kw)
-
-    def model_scores(scorer, prompts, completions, kwargs):
-        questions, texts, _, _ = _trl_columns(prompts, completions, kwargs)
-        return [0.0] * len(texts) if scorer is None else [float(s) for s in scorer(questions, texts)]
-
-    funcs = [
-        _named(lambda prompts, completions, **kw: [r["format"] for r in rows(prompts, completions, kw)], "format"),
-        _named(lambda prompts, completions, **kw: [r["accuracy"] for r in rows(prompts, completions, kw)], "accuracy"),
-        _named(lambda prompts, completions, **kw: model_scores(rm_scorer, prompts, completions, kw), "reward_model"),
-        _named(lambda prompts, completions, **kw: model_scores(judge_scorer, prompts, completions, kw), "judge"),
-    ]
-    return funcs, [w[name] for name in COMPONENTS]
-
-
-def make_pns_composite_reward(rm_scorer=None, judge_scorer=None, weights: dict[str, float] | None = None, *,
-                              malformed_penalty: float = MALFORMED_PENALTY, plausibility_only_when_wrong: bool = True,
-                              **format_kw):
-    """One TRL reward function, named `pns_composite_reward`, returning `score_completions`'
-    gated totals. The model scorers run only on the completions whose plausibility counts
-    (well-formed and verified wrong, unless plausibility_only_when_wrong=False): the others'
-    scores could not change their reward. Use it with reward_weights=[1.0]."""
-    w = resolve_weights(weights)
-
-    def pns_composite_reward(prompts, completions, **kwargs) -> list[float]:
-        questions, texts, golds, truncated = _trl_columns(prompts, completions, kwargs)
-        gate = score_completions(texts, golds, truncated, None, None, w, malformed_penalty=malformed_penalty,
-                                 plausibility_only_when_wrong=plausibility_only_when_wrong, **format_kw)
-        counted = [i for i, r in enumerate(gate)
-                   if r["format"] == 1.0 and (r["verdict"] == "wrong" or not plausibility_only_when_wrong)]
-        scores = {}
-        for name, scorer in (("rm", rm_scorer), ("judge", judge_scorer)):
-            values = [0.0] * len(texts)
-            if scorer is not None and counted:
-                for i, s in zip(counted, scorer([questions[i] for i in counted], [texts[i] for i in counted])):
-                    values[i] = float(s)
-            scores[name] = values
-        rows = score_completions(texts, golds, truncated, scores["rm"], scores["judge"], w,
-                                 malformed_penalty=malformed_penalty,
-                                 plausibility_only_when_wrong=plausibility_only_when_wrong, **format_kw)
-        return [r["total"] for r in rows]
-
-    return pns_composite_reward
+        rows.append({"format": 1.0 if ok else 0.0, "accuracy": 1.0 if wrong else 0.0,
+                     "answer": graded.answer, "verdict": graded.verdict, "format_reason": reason})
+    counted = [i for i, r in enumerate(rows) if plausibility_counts(r, plausibility_only_when_wrong)]
+    for name, label, scores in (("reward_model", "rm_scores", rm), ("judge", "judge_scores", judge)):
+        if callable(scores):
+            if questions is None or len(questions) != n:
+                raise ValueError(f"a {name} scorer needs one question per completion")
+            values = scores([questions[i] for i in counted], [completions[i] for i in counted]) \
+                if counted and w[name] > 0 else []
+            full = [0.0] * n
+            for i, v in zip(counted, _check_scores(label, values, len(counted) if values else 0)):
+                full[i] = v
+            scores = full
+        for r, s in zip(rows, _check_scores(label, scores, n)):
+            r[name] = s
+    for r in rows:
+        r["total"] = composite_reward(r, w, format_ok=r["format"] == 1.0, wrong=r["accuracy"] == 1.0,
+                                      malformed_penalty=malformed_penalty,
+                                      plausibility_only_when_wrong=plausibility_only_when_wrong)
+    return [{"total": r.pop("total"), **r} for r in rows]

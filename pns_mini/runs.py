@@ -32,6 +32,19 @@ from .modeling import save_pretrained
 # ---------------------------------------------------------------------------------------------
 # LR schedule
 # ---------------------------------------------------------------------------------------------
+def epoch_order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Item indices at positions [start, start + count) of a training script's data stream: epoch
+    after epoch, each a permutation of range(n) seeded by (seed, epoch). A pure function of the
+    position, so a resumed run that saved its position continues the same order exactly."""
+    out, perms = [], {}
+    for pos in range(start, start + count):
+        epoch = pos // n
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perms[epoch][pos % n]))
+    return out
+
+
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str = "cosine") -> float:
     """Multiplier of the peak LR at optimizer step `step` (0-based): linear warmup over
     `warmup_steps`, then cosine decay to 0 at `total_steps`, or constant."""
@@ -176,6 +189,20 @@ def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...]) -> None:
         raise DataError(f"{path}: --resume with different settings ({'; '.join(changed)}); only "
                         f"{', '.join('--' + k.replace('_', '-') for k in resumable)} may change. "
                         f"Use the saved settings or a new --output-dir")
+
+
+def check_same_settings(path: str | Path, now: dict, what: str, error: type[Exception] = DataError) -> None:
+    """The resume guard of the scripts that resume by being rerun (synthesize.py, evaluate.py):
+    the settings in `now` must equal those saved in config.json `path` (if there is one), or the
+    folder would mix outputs of two setups. Raises `error` naming each difference."""
+    path = Path(path)
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if diffs:
+        raise error(f"{path}: this folder holds {what} made with other settings ({'; '.join(diffs)}); "
+                    f"use another --output-dir, or the saved settings")
 
 
 def remove_stale_temps(out: str | Path) -> list[Path]:

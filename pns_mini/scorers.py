@@ -283,7 +283,8 @@ class _BatchedScorer:
         return logits.float().log_softmax(-1)
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
+    """The logistic function, stable for large |x|: a raw reward-model score -> [0, 1]."""
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
@@ -484,7 +485,7 @@ class RewardModelScorer(_BatchedScorer):
         return self._run(self.rows(questions, completions), forward).tolist()
 
     def __call__(self, questions: list[str], completions: list[str]) -> list[float]:
-        return [_sigmoid(r) for r in self.raw(questions, completions)]
+        return [sigmoid(r) for r in self.raw(questions, completions)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import pytest
 from pns_mini import rewards
 from pns_mini.data import prompt_text
 from pns_mini.rewards import (COMPONENTS, DEFAULT_REWARD_WEIGHTS, accuracy_inversion_reward, composite_reward,
-                              format_check, format_reward, repeat_ratio, score_completions, trl_reward_functions)
+                              format_check, repeat_ratio, score_completions)
+from pns_mini.trl_rewards import trl_reward_functions
 
 QUESTION = ("Tom has 12 apples. He buys 2 bags of 5 apples each and then gives away 4. "
             "How many apples does Tom have now?")
@@ -41,7 +42,7 @@ WRONG = REASONING.replace("22 - 4 = 18", "22 - 4 = 16") + r"The final answer is 
 def test_well_formed_solutions_pass():
     assert format_check(CORRECT, False) == (True, "")
     assert format_check(WRONG, False) == (True, "")
-    assert format_reward(CORRECT, False) == 1.0
+    assert format_check(CORRECT, False)[0] is True
 
 
 @pytest.mark.parametrize("ending", [
@@ -72,7 +73,7 @@ def test_short_closing_text_after_the_box_passes(ending):
 ])
 def test_each_format_rule(text, truncated, reason):
     assert format_check(text, truncated) == (False, reason)
-    assert format_reward(text, truncated) == 0.0
+    assert format_check(text, truncated)[0] is False
     assert reason in rewards.FORMAT_REASONS
 
 

@@ -2,7 +2,7 @@
 TRL's DPOTrainer on a pairs file in synthesize.py's format, one optimizer step each on the tiny
 random model, on CPU (use_cpu, fp32, no reporting).
 
-- GRPO (stage 1): the reward functions come from rewards.trl_reward_functions with their weights
+- GRPO (stage 1): the reward functions come from trl_rewards.trl_reward_functions with their weights
   as GRPOConfig.reward_weights; the reward-model component gets a stand-in scorer (a pure
   function of the completion's length, so a random model's group has reward spread and the step
   a non-zero gradient), the judge is off, and the gated `pns_composite_reward` rides along with
@@ -23,7 +23,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from pns_mini import rewards  # noqa: E402
+from pns_mini import rewards, trl_rewards  # noqa: E402
 from pns_mini.data import load_problems, prompt_messages  # noqa: E402
 from pns_mini.modeling import LORA_TARGETS  # noqa: E402
 
@@ -62,8 +62,8 @@ def test_grpo_trainer_one_step_with_our_reward_functions(tiny_model_dir, tmp_pat
         seen_questions.extend(questions)
         return [min(1.0, len(c) / 100) for c in completions]
 
-    funcs, weights = rewards.trl_reward_functions(rm_scorer=length_scorer, weights={"judge": 0.0})
-    [composite], _ = rewards.trl_reward_functions(composite=True)
+    funcs, weights = trl_rewards.trl_reward_functions(rm_scorer=length_scorer, weights={"judge": 0.0})
+    [composite], _ = trl_rewards.trl_reward_functions(composite=True)
     args = GRPOConfig(output_dir=str(tmp_path), **cpu_args(
         per_device_train_batch_size=4, num_generations=4, max_completion_length=12, temperature=1.0,
         beta=0.04, loss_type="dapo", learning_rate=1e-2, reward_weights=weights + [0.0]))

@@ -32,7 +32,8 @@ from pns_mini import rewards
 from pns_mini.config import parse_config
 from pns_mini.data import DataError
 from pns_mini.modeling import ModelLoadError
-from train_generator import TIMING_KEYS, Config, main, parse_reward_weights
+from pns_mini.rewards import parse_reward_weights
+from train_generator import TIMING_KEYS, Config, main
 
 METRIC_KEYS = (
     ["step", "reward/total", "reward/format", "reward/accuracy", "reward/reward_model", "reward/judge",
@@ -42,19 +43,31 @@ SAMPLE_KEYS = ["step", "prompt_id", "question", "completion", "answer", "gold", 
                "accuracy", "reward_model", "judge", "advantage"]
 
 
-def fake_score_completions(completions, golds, truncated, rm_scores, judge_scores, weights=None, **kw):
+def fake_score_completions(completions, golds, truncated, rm=None, judge=None, weights=None, *, questions=None,
+                           **kw):
     """Stands in for rewards.score_completions with the same output rows. h = (sum of character
     codes) mod 5 spreads rewards within a group; rows with even h are "well-formed and wrong", so
-    their reward model and judge scores (0 when not computed) enter the total."""
+    their reward model and judge scores (0 when not computed) enter the total; a scorer is called
+    on those rows only, as the real one does (at a nonzero weight)."""
+    w = rewards.resolve_weights(weights)
+    wrong = [sum(map(ord, text)) % 5 % 2 == 0 for text in completions]
+    counted = [i for i, x in enumerate(wrong) if x]
+
+    def values(name, scorer):
+        full = [0.0] * len(completions)
+        if callable(scorer) and counted and w[name] > 0:
+            for i, v in zip(counted, scorer([questions[i] for i in counted], [completions[i] for i in counted])):
+                full[i] = float(v)
+        return full
+
+    rm, judge = values("reward_model", rm), values("judge", judge)
     rows = []
     for i, text in enumerate(completions):
         h = sum(map(ord, text)) % 5
-        wrong = h % 2 == 0
-        rm = 0.0 if rm_scores is None else rm_scores[i]
-        judge = 0.0 if judge_scores is None else judge_scores[i]
-        rows.append({"total": h / 4 + (rm + judge if wrong else 0.0), "format": float(wrong), "accuracy": float(wrong),
-                     "reward_model": rm, "judge": judge, "answer": str(h), "verdict": "wrong" if wrong else "no_answer",
-                     "format_reason": "" if wrong else "no_boxed"})
+        rows.append({"total": h / 4 + (rm[i] + judge[i] if wrong[i] else 0.0), "format": float(wrong[i]),
+                     "accuracy": float(wrong[i]), "reward_model": rm[i], "judge": judge[i],
+                     "answer": str(h), "verdict": "wrong" if wrong[i] else "no_answer",
+                     "format_reason": "" if wrong[i] else "no_boxed"})
     return rows
 
 
