@@ -276,3 +276,20 @@ def test_pairs_load_in_train_dpo(pair_format, tiny_model_dir, tokenizer, tmp_pat
     if pair_format == "string":
         assert first["prompt"] == expected_prompt and isinstance(first["chosen"], str)
     assert tokenizer.decode(kept[0]["chosen"], skip_special_tokens=True) == report._text_of(first["chosen"])
+
+
+def test_select_negatives_ranks_plausible_sources_and_picks_the_others_at_random():
+    """The pair-selection rule by hand: only verified-wrong candidates qualify; pns / prompted take
+    the highest composite totals (ties in sample order); rejection / perturbed a seeded random
+    subset, whatever the totals say."""
+    import random
+    checks = [{"verified_wrong": True, "total": 1.2}, {"verified_wrong": False, "total": 9.0},
+              {"verified_wrong": True, "total": 1.9}, {"verified_wrong": True, "total": 1.2}]
+    for source in ("pns", "prompted"):
+        assert S.select_negatives(source, checks, 2, random.Random(0)) == [2, 0]
+        assert S.select_negatives(source, checks, 5, random.Random(0)) == [2, 0, 3]
+    picks = {tuple(S.select_negatives("rejection", checks, 1, random.Random(seed))) for seed in range(40)}
+    assert picks == {(0,), (2,), (3,)}  # uniform over the qualifying three, never the unqualified one
+    assert S.select_negatives("perturbed", checks, 2, random.Random(7)) == \
+        S.select_negatives("perturbed", checks, 2, random.Random(7))
+    assert S.select_negatives("rejection", [{"verified_wrong": False, "total": 1.0}], 1, random.Random(0)) == []
