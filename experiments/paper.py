@@ -42,7 +42,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,11 +135,16 @@ class Config:
 # Stages: each a script's main() with a recorded command line, skipped once finished
 # ---------------------------------------------------------------------------------------------
 def run_stage(out: Path, name: str, script: str, args: list[str]) -> dict:
-    """Run `python <script>.py <args>` in this process unless stages/<name>.json says it finished."""
+    """Run `python <script>.py <args>` in this process unless stages/<name>.json says it finished,
+    with these very arguments (other ones are refused: the finished outputs would not match them)."""
     marker = out / "stages" / f"{name}.json"
-    if marker.exists():
-        return json.loads(marker.read_text())
     command = f"python {script}.py " + " ".join(shlex.quote(a) for a in args)
+    if marker.exists():
+        record = json.loads(marker.read_text())
+        if record["command"] != command:
+            raise DataError(f"{marker}: stage {name} finished as `{record['command']}`, now `{command}`; rerun "
+                            f"with the settings in {out / 'experiment.json'} or use a new --output-dir")
+        return record
     print(f"\n=== {name}: {command}", flush=True)
     module = importlib.import_module(script)
     start = time.perf_counter()
@@ -266,13 +271,23 @@ def run_all(cfg: Config, out: Path) -> list[dict]:
 def main(cfg: Config) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "experiment.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(asdict(cfg))):
-        raise DataError(f"{saved}: this folder holds an experiment with other settings; rerun with them "
-                        f"or choose a new --output-dir")
-    save_config(cfg, saved)
+    split = out / "split.json"  # the problem sets every stage was run on may not change
+    if split.exists():
+        saved = json.loads(split.read_text())
+        now = {"seed": cfg.seed, **({"source": cfg.problems} if cfg.problems else {}),
+               "sizes": {"rm_a": cfg.n_rm, "rm_b": cfg.n_rm, "stage1": cfg.n_stage1, "synth": cfg.n_synth}}
+        was = {"seed": saved["seed"], **({"source": saved["source"]} if cfg.problems else {}),
+               "sizes": {k: len(v) for k, v in saved["ids"].items()}}
+        if now != was:
+            raise DataError(f"{split}: the problems were split with {was}, now {now}; rerun with those "
+                            f"settings or use a new --output-dir")
+    # A finished stage must match its recorded command (run_stage); a stage not yet run may take new
+    # settings, so experiment.json holds the latest ones and report.md each stage's exact command.
+    if not (out / "experiment.json").exists():
+        save_config(cfg, out / "experiment.json")
     start = time.perf_counter()
     stages = run_all(cfg, out)
+    save_config(cfg, out / "experiment.json")
     append_jsonl(out / "runs.jsonl", {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                      "seconds_this_call": round(time.perf_counter() - start, 1)})
     from experiments.analysis import write_report

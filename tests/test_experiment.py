@@ -1,6 +1,6 @@
 """The paper's experiment (experiments/paper.py, `make experiment`): the smoke form runs every stage
 on the tiny random model and writes every table and plot; a rerun skips the finished stages; a
-rerun with other settings is refused before anything is touched; the intervals are checked on
+rerun that would change a finished stage or the split is refused before anything is touched; the intervals are checked on
 hand-computable values."""
 import json
 import sys
@@ -47,7 +47,12 @@ def test_smoke_experiment_writes_every_table_and_resumes(tiny_model_dir, tmp_pat
     paper.main(cfg)
     assert {p: p.stat().st_mtime_ns for p in before} == before
     # other settings into the same folder: one clear error, nothing touched
-    with pytest.raises(DataError, match="experiment.json"):
+    settings = json.loads((out / "experiment.json").read_text())
+    with pytest.raises(DataError, match="stage dpo-perturbed finished as .*--max-steps 2.*experiment.json"):
         paper.main(paper.Config(scale="smoke", model=tiny_model_dir, problems="offline", output_dir=str(out),
                                 dpo_steps=3))
+    with pytest.raises(DataError, match="split.json: the problems were split with"):
+        paper.main(paper.Config(scale="smoke", model=tiny_model_dir, problems="offline", output_dir=str(out),
+                                n_synth=4))
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert json.loads((out / "experiment.json").read_text()) == settings
