@@ -2,14 +2,13 @@
 here from the files the stages wrote, so the report can be redrawn after the fact
 (`python experiments/analysis.py runs/experiment`).
 
-Intervals: percentile bootstrap of the mean (2,000 resamples, seeded) for scores and rates;
-the accuracy difference to the base model is a PAIRED bootstrap over the same problems (both
-models answered each one, so resampling problems keeps each problem's pair together).
+Intervals: percentile bootstrap of the mean (evaluate.bootstrap_ci, 2,000 resamples, seeded) for
+scores and rates; the accuracy difference to the base model is a PAIRED bootstrap over the same
+problems (both models answered each one, so resampling problems keeps each pair together).
 """
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from evaluate import bootstrap_ci  # noqa: E402  (the one bootstrap of the project)
 from pns_mini.data import iter_jsonl_tolerant, read_jsonl  # noqa: E402
 from pns_mini.rewards import FORMAT_REASONS  # noqa: E402
 
@@ -31,12 +31,11 @@ PAPER = "the paper's Figure 1 (Qwen3-4B RM): plausible negative +3.34, correct +
 # Intervals
 # ---------------------------------------------------------------------------------------------
 def bootstrap_mean(values: list[float], seed: int = 0, resamples: int = 2000) -> tuple[float, float, float] | None:
-    """(mean, 2.5th, 97.5th percentile of resampled means); None for no values."""
+    """(mean, 95% percentile-bootstrap interval) of `values`, by evaluate.bootstrap_ci; None for none."""
     if not values:
         return None
-    rng, n = random.Random(seed), len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
-    return sum(values) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    lo, hi = bootstrap_ci(values, resamples, seed)
+    return sum(values) / len(values), lo, hi
 
 
 def paired_difference(a: list[float], b: list[float], seed: int = 0, resamples: int = 2000):
