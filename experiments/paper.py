@@ -52,21 +52,23 @@ from pns_mini.config import main_guard, parse_config, save_config  # noqa: E402
 from pns_mini.data import DataError, append_jsonl, iter_jsonl_tolerant, load_problems  # noqa: E402
 
 SOURCES = ("pns", "rejection", "prompted", "perturbed")
-# Sizes per scale. cpu: the run published in docs/results.md (about 2 h on this 2-core machine);
+# Sizes per scale. cpu: the run published in docs/results.md (about 2 h on this 2-core machine,
+# where a stage-1 step of 8 x 192 tokens takes ~75 s: 40 steps, not more, fit that budget);
 # gpu: a 0.5B-1.5B instruct model on one consumer GPU (an estimate, not measured here); smoke:
 # the test suite's form on a tiny random model, whose samples are never well formed, so its
 # reward-model pairs come from the perturbed source (rm_negatives) instead of rejection sampling.
 SCALES = {
     "smoke": dict(model=None, n_rm=3, n_stage1=4, n_synth=3, num_candidates=2, max_completion_length=12,
-                  rm_steps=2, stage1_steps=2, prompts_per_step=2, num_generations=2, dpo_steps=2,
+                  rm_steps=2, stage1_steps=2, stage1_warmup_steps=0, prompts_per_step=2, num_generations=2, dpo_steps=2,
                   eval_benchmarks="offline", eval_limit=3, eval_max_completion_length=12, rm_negatives="perturbed",
                   batch_size=4),
     "cpu": dict(model="smollm2-135m", n_rm=56, n_stage1=120, n_synth=48, num_candidates=4, max_completion_length=192,
-                rm_steps=8, stage1_steps=60, prompts_per_step=2, num_generations=4, dpo_steps=8,
-                eval_benchmarks="gsm8k,offline", eval_limit=40, eval_max_completion_length=192,
+                rm_steps=8, stage1_steps=40, stage1_warmup_steps=5, prompts_per_step=2, num_generations=4,
+                dpo_steps=6, eval_benchmarks="gsm8k,offline", eval_limit=25, eval_max_completion_length=192,
                 rm_negatives="rejection", batch_size=10),
     "gpu": dict(model="Qwen/Qwen2.5-0.5B-Instruct", n_rm=600, n_stage1=1600, n_synth=1000, num_candidates=8,
-                max_completion_length=512, rm_steps=150, stage1_steps=200, prompts_per_step=8, num_generations=8,
+                max_completion_length=512, rm_steps=150, stage1_steps=200, stage1_warmup_steps=20,
+                prompts_per_step=8, num_generations=8,
                 dpo_steps=250, eval_benchmarks="gsm8k,offline", eval_limit=500, eval_max_completion_length=512,
                 rm_negatives="rejection", batch_size=32),
 }
@@ -100,6 +102,8 @@ class Config:
     """Optimizer steps of each reward model (8 pairs a step)."""
     stage1_steps: int | None = None
     """GRPO steps of the negative generator."""
+    stage1_warmup_steps: int | None = None
+    """Linear LR warmup of stage 1 (about a tenth of its steps)."""
     prompts_per_step: int | None = None
     """Stage-1 prompts per step."""
     num_generations: int | None = None
@@ -226,7 +230,7 @@ def run_all(cfg: Config, out: Path) -> list[dict]:
            "--num-generations", str(cfg.num_generations),
            "--per-device-train-batch-size", str(math.gcd(8, cfg.prompts_per_step * cfg.num_generations)),
            "--max-completion-length", str(cfg.max_completion_length),
-           "--learning-rate", "2e-5", "--warmup-steps", str(max(0, cfg.stage1_steps // 12)),
+           "--learning-rate", "2e-5", "--warmup-steps", str(cfg.stage1_warmup_steps),
            "--no-gradient-checkpointing", "--log-samples-steps", "1", "--save-steps", str(max(1, cfg.stage1_steps // 6)),
            "--seed", str(cfg.seed), "--device", cfg.device, "--output-dir", str(out / "generator"), "--resume"])
 
