@@ -1,53 +1,32 @@
-"""Stage 4 of PNS: accuracy of a model (optionally with a LoRA adapter) on math benchmarks, with
-one record per sample, bootstrap intervals, and pass@k / maj@k when several samples are drawn.
+"""Stage 4 of PNS: accuracy of a model (+ an optional LoRA adapter) on math benchmarks, one record
+per sample, bootstrap intervals, and pass@k / maj@k when several samples are drawn.
 
-Reads: problems via `data.load_problems(name, data_dir, limit)` (local benchmark files or the
-generated `offline` set); the model via `modeling.load_model_and_tokenizer`. Writes --output-dir:
-  config.json    the resolved config; a rerun into the same folder must use the same decoding
-  samples.jsonl  one row per (problem, sample): benchmark, id, sample, prompt, completion,
-                 extracted, gold, verdict (correct | wrong | no_answer | unparseable), correct,
-                 num_tokens, truncated, seconds. Append-only, flushed per row.
-  metrics.jsonl  one row per benchmark (the same numbers as summary.json)
-  summary.json   {"benchmarks": {name: {n, accuracy, ci_low, ci_high, no_answer_rate, ...}},
-                  "average": {...}, "stamp": {model, adapter, prompt template hash, decoding, ...}}
-  report.md      the table a person reads
+Reads: problems via data.load_problems (benchmark files or the generated `offline` set), the model
+via modeling.load_model_and_tokenizer. Writes --output-dir: config.json (a rerun into the folder
+must keep the decoding); samples.jsonl, one row per (problem, sample), append-only, flushed per row:
+benchmark, id, sample, prompt, completion, extracted, gold, verdict (correct | wrong | no_answer |
+unparseable), correct, how, num_tokens, truncated, seconds; metrics.jsonl, one row per benchmark;
+summary.json {"benchmarks": {name: {n, accuracy, ci_low, ci_high, ...}}, "average", "stamp"}; report.md.
 
 Examples:
   python evaluate.py --model smollm2-135m --benchmarks all --limit 50 --output-dir runs/eval-base
-  python evaluate.py --adapter runs/dpo/final --benchmarks gsm8k,math500 --output-dir runs/eval-dpo
   python evaluate.py --benchmarks offline --num-samples 8 --temperature 0.6 --output-dir runs/eval-k8
   python evaluate.py --output-dir runs/eval-dpo --regrade      # after a fix to pns_mini/grading.py
 
 Method choices:
-- Greedy decoding by default (temperature 0, one sample), the usual report for small math models.
-  Several samples (--num-samples k) need --temperature > 0: k greedy samples would be identical.
-- Grading is `grading.grade` with --extraction eval by default: answers are read as the
-  Qwen2.5-Math harness and Math-Verify read them (last \\boxed{}, but a later explicit "final
-  answer is X" wins; answers stated in words; parts over several boxes joined), where the reward
-  and synthesis read strictly (box first). Then strings, exact numbers, Math-Verify in a
-  time-bounded worker; each row keeps `how` it was decided, summary.json the extraction.
-  No extracted answer is "no_answer" (never "wrong"); an answer that cannot be parsed or times
-  out is "unparseable"; both count as not correct.
-- accuracy = mean over problems of the fraction of correct samples (= the unbiased pass@1). The
-  95% interval is a percentile bootstrap over PROBLEMS (1000 resamples, seeded by --seed and the
-  benchmark name); the average's interval resamples every benchmark independently (stratified).
-- pass@j: the unbiased estimator of Chen et al. 2021 (eq. 1), 1 - C(n-c, j) / C(n, j), averaged
-  over problems, reported for j = 2, 4, ... up to k. maj@k: majority vote over the extracted
-  answers, equivalent answers ("1/2", "0.5") grouped with the grader; ties go to the answer seen
-  first; samples without an answer do not vote.
-- Batches hold `batch_size // k` consecutive problems of the requested list, across benchmarks
-  (all k samples of a problem together). Greedy results do not depend on the batch size: tested
-  on the tiny model; on SmolLM2-135M (fp32, CPU) the first 32 tokens of 4 problems regenerated
-  alone matched their batched run. Sampling is seeded per batch (from its first problem), so it
-  repeats for the same seed and batch size.
-- Resume: rerunning the same command skips (benchmark, id) pairs already in samples.jsonl; a
-  problem with fewer than k rows (killed mid-write) is dropped and redone. Different decoding
-  settings, or a changed prompt, into the same folder are refused. The summary covers every
-  problem recorded in samples.jsonl.
-- --regrade recomputes every verdict from the saved completions (gold re-read from the loader
-  when the benchmark still loads, so a gold-parsing fix also takes effect) and rewrites
-  samples.jsonl atomically, with the --extraction given (recorded in config.json, so a plain
-  rerun into the folder must then use it: mixing extractions in one table is refused).
+- Greedy by default (temperature 0, one sample), the usual report for small math models.
+- Answers are read as the Qwen2.5-Math harness and Math-Verify read them (--extraction eval; the
+  reward and synthesis read box-first, strict). No extracted answer is "no_answer" (never "wrong"),
+  one that cannot be parsed or times out "unparseable"; neither counts as correct.
+- accuracy = mean over problems of the fraction of correct samples (= the unbiased pass@1), with a
+  95% percentile bootstrap over PROBLEMS (for the average, stratified by benchmark). pass@j for
+  j = 2, 4, ... up to k (Chen et al. 2021); maj@k votes with equivalent answers grouped by the grader.
+- Batches hold batch_size // k consecutive problems, all k samples of a problem together. Greedy
+  results do not depend on the batch size (tested on the tiny model; on SmolLM2-135M, fp32 CPU, the
+  first 32 tokens of 4 problems regenerated alone matched). Sampling is seeded per batch.
+- Resume: a rerun skips the problems in samples.jsonl and redoes one with fewer than k rows; other
+  decoding settings, a changed prompt or another --extraction in the same folder are refused.
+  --regrade re-grades the saved completions with --extraction (golds re-read where the benchmark loads).
 Deviation from the paper: its evaluation harness (prompt, grader, sampling) is not reproduced;
 numbers compare our runs with each other (same template hash and grader), not with its tables.
 """
@@ -79,8 +58,7 @@ class Config:
     adapter: str | None = None
     """A LoRA adapter folder applied on top of --model (e.g. runs/dpo/final); none = the model alone."""
     benchmarks: str = "all"
-    """Comma-separated problem sets: gsm8k, math500, minerva_math, olympiadbench, college_math, aime24,
-    amc23, offline, or a JSONL path; `all` = the seven benchmarks."""
+    """Comma list of: all (the seven benchmarks, data.ALL_BENCHMARKS), offline, a benchmark name, a JSONL path."""
     data_dir: str | None = None
     """Folder holding benchmarks/ (default: $PNS_MINI_DATA, ../shared/data, ./data)."""
     limit: int | None = None
@@ -94,8 +72,7 @@ class Config:
     top_p: float = 1.0
     """Nucleus sampling mass (0-1]; ignored when greedy."""
     enable_thinking: bool = False
-    """Qwen3-style templates: the model writes <think>...</think> first and the answer is read
-    after it; off = the template's empty think block, no thinking. Other templates ignore it."""
+    """Qwen3-style templates: think in <think>...</think>, answer after it; off = empty think block; others ignore it."""
     batch_size: int = 8
     """Completions generated at once (4-64 on a GPU; 8 on a CPU)."""
     seed: int = 0
@@ -107,9 +84,7 @@ class Config:
     bootstrap_resamples: int = 1000
     """Bootstrap resamples for the 95% interval (1000-10000)."""
     extraction: str = "eval"
-    """How answers are read (grading.EXTRACTIONS): eval = as the Qwen2.5-Math harness and Math-Verify
-    (a later "final answer is X" beats an earlier box, answers in words, parts over several boxes);
-    strict = the box-first reading of the reward and synthesis. A grading setting: --regrade may change it."""
+    """How answers are read: eval (as Qwen2.5-Math / Math-Verify) or strict (box first); --regrade may change it."""
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -142,29 +117,12 @@ class RunMismatchError(data.DataError):
 
 def benchmark_names(spec: str) -> list[str]:
     """'all,offline' -> the seven benchmarks then offline; order kept, duplicates dropped."""
-    names = []
-    for part in (p.strip() for p in spec.split(",")):
-        for name in (data.ALL_BENCHMARKS if part == "all" else [part] if part else []):
-            if name not in names:
-                names.append(name)
-    return names
-
-
-def check_same_settings(cfg: Config, config_path: Path, samples_path: Path) -> None:
-    """Refuse to mix samples made with different decoding settings in one folder."""
-    if not config_path.exists() or not samples_path.exists() or samples_path.stat().st_size == 0:
-        return  # nothing generated yet: nothing to mix with
-    saved = json.loads(config_path.read_text())
-    diffs = [f"{k}: saved {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in DECODING_FIELDS
-             if saved.get(k) != getattr(cfg, k)]
-    if diffs:
-        raise RunMismatchError(f"{config_path}: this folder holds samples made with other settings "
-                               f"({'; '.join(diffs)}); use another --output-dir, or the saved settings")
+    parts = [p.strip() for p in spec.split(",")]
+    return list(dict.fromkeys(name for p in parts if p for name in (data.ALL_BENCHMARKS if p == "all" else [p])))
 
 
 def load_records(path: Path, k: int) -> list[dict]:
-    """The rows of samples.jsonl, minus any problem with fewer than k rows (a run killed while
-    writing them); the file is rewritten without those rows so they are generated again."""
+    """samples.jsonl's rows minus problems with fewer than k (a killed run's), rewritten so those are generated again."""
     data.repair_torn_tail(path)
     rows = list(data.iter_jsonl_tolerant(path))
     counts = Counter((r["benchmark"], r["id"]) for r in rows)
@@ -183,12 +141,9 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
 
-def check_same_grading(cfg: Config, config_path: Path, samples_path: Path) -> None:
-    """Refuse to add rows graded one way to rows graded another. Folders from before the
-    --extraction flag were graded box-first, i.e. strict."""
-    if not config_path.exists() or not samples_path.exists() or samples_path.stat().st_size == 0:
-        return
-    saved = json.loads(config_path.read_text()).get("extraction", "strict")
+def check_same_grading(cfg: Config, config_path: Path) -> None:
+    """Refuse to add rows graded one way to rows graded another (folders from before --extraction: strict)."""
+    saved = json.loads(config_path.read_text()).get("extraction", "strict") if config_path.exists() else cfg.extraction
     if saved != cfg.extraction:
         raise RunMismatchError(f"{config_path}: the samples here were graded with --extraction {saved}, now "
                                f"{cfg.extraction}; pass --extraction {saved}, or regrade them all first with "
@@ -196,27 +151,18 @@ def check_same_grading(cfg: Config, config_path: Path, samples_path: Path) -> No
 
 
 def grade_fields(completion: str, gold: str, extraction: str) -> dict:
-    """The grading columns of a sample row; extraction: "eval" | "strict" (grading.extract_answer)."""
-    result = grading.grade(completion, gold, extraction=extraction)  # how = what decided: string, number, math_verify, timeout...
+    """The grading columns of a sample row; how = what decided: string, number, math_verify, timeout..."""
+    result = grading.grade(completion, gold, extraction=extraction)
     return {"extracted": result.answer, "gold": gold, "verdict": result.verdict,
             "correct": result.verdict == "correct", "how": result.how}
 
 
 def same_answer(a: str, b: str) -> bool:
-    """Two extracted answers are one vote when the grader, taking `a` as the gold, says correct.
-    The answers were extracted with the run's --extraction (the rows' `extracted`)."""
+    """Two extracted answers (the rows' `extracted`) are one vote when the grader, taking `a` as gold, says correct."""
     return grading.grade_answer(b, a).verdict == "correct"
 
 
-def batch_seed(seed: int, benchmark: str, first_problem: dict) -> int:
-    """The sampling seed of a batch, from its first problem: stable across processes and reruns
-    (Python's hash() of a str is not)."""
-    return zlib.crc32(f"{seed}/{benchmark}/{first_problem['id']}".encode())
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics: pure functions, tested by hand in tests/test_evaluate.py
-# ---------------------------------------------------------------------------------------------
+# --- Statistics: pure functions, tested by hand in tests/test_evaluate.py -------------------------
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1):
     1 - C(n-c, k) / C(n, k), computed as a product so that large n does not overflow."""
@@ -243,9 +189,8 @@ def bootstrap_ci(values, resamples: int = 1000, seed=0, level: float = 0.95) -> 
 
 
 def majority_vote(answers: list[str | None], equivalent) -> int | None:
-    """Index of a sample of the most frequent answer, grouping answers for which
-    `equivalent(a, b)` holds (compared with the first member of each group); None when no sample
-    has an answer. Ties go to the group seen first."""
+    """Index of a sample of the most frequent answer, grouping answers for which `equivalent(a, b)`
+    holds (a = the group's first member); None when no sample has an answer. Ties: the group seen first."""
     groups: list[list[int]] = []
     for i, answer in enumerate(answers):
         if answer is None:
@@ -257,9 +202,7 @@ def majority_vote(answers: list[str | None], equivalent) -> int | None:
                 break
         else:
             groups.append([i])
-    if not groups:
-        return None
-    return max(groups, key=len)[0]  # max keeps the first of equal-sized groups
+    return max(groups, key=len)[0] if groups else None  # max keeps the first of equal-sized groups
 
 
 def summarize(rows: list[dict], resamples: int, seed: int) -> dict:
@@ -294,16 +237,13 @@ def summarize(rows: list[dict], resamples: int, seed: int) -> dict:
     if benchmarks:  # unweighted: every benchmark counts once, whatever its size
         keys = [key for key in next(iter(benchmarks.values())) if all(key in s for s in benchmarks.values())]
         average = {key: float(np.mean([s[key] for s in benchmarks.values()])) for key in keys}
-        average["n"] = sum(s["n"] for s in benchmarks.values())
-        average["samples"] = sum(s["samples"] for s in benchmarks.values())
+        average.update({key: sum(s[key] for s in benchmarks.values()) for key in ("n", "samples")})  # totals
         # stratified bootstrap: resample each benchmark on its own, average the resampled means
         average["ci_low"], average["ci_high"] = (float(q) for q in np.quantile(np.mean(boot, axis=0), [0.025, 0.975]))
     return {"benchmarks": benchmarks, "average": average}
 
 
-# ---------------------------------------------------------------------------------------------
-# Stamp and report
-# ---------------------------------------------------------------------------------------------
+# --- Stamp and report -----------------------------------------------------------------------------
 def make_stamp(cfg: Config) -> dict:
     def version(pkg):
         try:
@@ -336,12 +276,10 @@ def render_report(summary: dict) -> str:
         f"- date: {st['date']}" + (" (verdicts regraded from saved completions)" if st.get("regraded") else ""), "",
     ]
     extra = [key for key in summary["average"] if key.startswith(("pass@", "maj@"))]
-    header = ["benchmark", "n", "accuracy % (95% CI)", "no answer %", "truncated %", "mean tokens"]
-    header += [f"{key} %" for key in extra]
+    header = ["benchmark", "n", "accuracy % (95% CI)", "no answer %", "truncated %", "mean tokens", *(f"{k} %" for k in extra)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    rows = list(summary["benchmarks"].items()) + ([("**average** (unweighted)", summary["average"])]
-                                                   if summary["average"] else [])
+    rows = [*summary["benchmarks"].items(), *([("**average** (unweighted)", summary["average"])] if summary["average"] else [])]
     for name, s in rows:
         cells = [name, str(s["n"]), f"{pct(s['accuracy'])} ({pct(s['ci_low'])}-{pct(s['ci_high'])})",
                  pct(s["no_answer_rate"]), pct(s["truncation_rate"]), f"{s['mean_tokens']:.0f}"]
@@ -358,12 +296,11 @@ def write_outputs(out: Path, rows: list[dict], stamp: dict, resamples: int, seed
     write_atomic(out / "metrics.jsonl", "".join(json.dumps({"benchmark": name, **s}) + "\n"
                                                 for name, s in summary["benchmarks"].items()))
     write_atomic(out / "report.md", render_report(summary))
+    print((out / "report.md").read_text())
     return summary
 
 
-# ---------------------------------------------------------------------------------------------
-# Regrade: new verdicts for saved completions, no model
-# ---------------------------------------------------------------------------------------------
+# --- Regrade: new verdicts for saved completions, no model ----------------------------------------
 def regrade(cfg: Config, out: Path) -> dict:
     samples_path, config_path = out / "samples.jsonl", out / "config.json"
     if not samples_path.exists() or not config_path.exists():
@@ -391,26 +328,23 @@ def regrade(cfg: Config, out: Path) -> dict:
     print(f"regraded {len(rows)} samples with --extraction {cfg.extraction}: {changed} verdicts changed, "
           f"{new_gold} golds updated")
     stamp = {**make_stamp(run_cfg), "regraded": True}  # date = now; the completions are older
-    summary = write_outputs(out, load_records(samples_path, run_cfg.num_samples), stamp,
-                            cfg.bootstrap_resamples, run_cfg.seed)
-    print((out / "report.md").read_text())
-    return summary
+    return write_outputs(out, load_records(samples_path, run_cfg.num_samples), stamp, cfg.bootstrap_resamples,
+                         run_cfg.seed)
 
 
-# ---------------------------------------------------------------------------------------------
-# Main: setup -> generate the pending problems -> grade -> summary and report
-# ---------------------------------------------------------------------------------------------
+# --- Main: setup -> generate the pending problems -> grade -> summary and report ------------------
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     if cfg.regrade:
         return regrade(cfg, out)
     samples_path, config_path = out / "samples.jsonl", out / "config.json"
-    check_same_settings(cfg, config_path, samples_path)
-    check_same_grading(cfg, config_path, samples_path)
+    if samples_path.exists() and samples_path.stat().st_size:  # samples made: decoding and grading may not change
+        runs.check_same_settings(config_path, {k: getattr(cfg, k) for k in DECODING_FIELDS}, "samples",
+                                 RunMismatchError)
+        check_same_grading(cfg, config_path)
     k = cfg.num_samples
 
-    # --- setup: problems, what samples.jsonl already holds (resume), and the model; bad input
-    # (an unknown benchmark, a missing or misfit adapter) fails here, before any file is written ---
+    # --- setup: problems, what samples.jsonl holds (resume), the model; bad input fails here, before any write ---
     problems = {name: data.load_problems(name, cfg.data_dir, cfg.limit) for name in benchmark_names(cfg.benchmarks)}
     recorded = {(r["benchmark"], r["id"]): r["prompt"] for r in load_records(samples_path, k)}
     n_pending = sum((name, p["id"]) not in recorded for name, ps in problems.items() for p in ps)
@@ -422,13 +356,12 @@ def main(cfg: Config) -> dict:
     runs.remove_stale_temps(out)  # a killed write_atomic's .samples.jsonl.tmp-PID
 
     if n_pending:
-        for name, ps in problems.items():  # a changed template would mix two prompts in one table
-            for p in ps:
-                saved = recorded.get((name, p["id"]))
-                if saved is not None and saved != data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking):
-                    raise RunMismatchError(f"{samples_path}: the recorded prompt of {p['id']} differs from the "
-                                           f"current one (template {data.prompt_template_hash()}); use another --output-dir")
         todo = [(name, p) for name, ps in problems.items() for p in ps]
+        for name, p in todo:  # a changed template would mix two prompts in one table
+            saved = recorded.get((name, p["id"]))
+            if saved is not None and saved != data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking):
+                raise RunMismatchError(f"{samples_path}: the recorded prompt of {p['id']} differs from the "
+                                       f"current one (template {data.prompt_template_hash()}); use another --output-dir")
         per_batch = max(1, cfg.batch_size // k)  # problems per batch: all k samples of a problem together
         bar = tqdm(total=n_pending, desc="evaluate", unit="problem", dynamic_ncols=True)
         correct, seen = 0, 0
@@ -438,10 +371,10 @@ def main(cfg: Config) -> dict:
                 continue
             # --- generation: k samples per problem, KV-cached, rows prompt-major ---
             prompts = [data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking) for _, p in batch]
-            t0 = time.perf_counter()
-            comp = generation.sample(model, tokenizer, prompts, num_samples=k, temperature=cfg.temperature,
-                                     top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
-                                     seed=batch_seed(cfg.seed, *todo[start]), batch_size=cfg.batch_size)
+            t0 = time.perf_counter()  # seed below: from the batch's first problem, by crc32 (hash() differs per process)
+            comp = generation.sample(model, tokenizer, prompts, num_samples=k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_completion_length, batch_size=cfg.batch_size,
+                                     seed=zlib.crc32(f"{cfg.seed}/{todo[start][0]}/{todo[start][1]['id']}".encode()))
             seconds = time.perf_counter() - t0
             lengths = comp.lengths.tolist()  # (N,) completion tokens, EOS included
             # --- grading: one row per sample, flushed as it is written ---
@@ -458,7 +391,6 @@ def main(cfg: Config) -> dict:
 
     # --- summary and report over everything recorded in the folder ---
     summary = write_outputs(out, load_records(samples_path, k), make_stamp(cfg), cfg.bootstrap_resamples, cfg.seed)
-    print((out / "report.md").read_text())
     print(f"done: {out} (samples {samples_path}, summary {out / 'summary.json'}, report {out / 'report.md'})")
     return summary
 

@@ -1,55 +1,34 @@
 """Stage 3 of PNS: DPO of a policy on (correct, plausible-wrong) preference pairs.
 
-Reads
-    --pairs FILE   preference JSONL in TRL's format, one pair per line, in either form:
-      conversational (what synthesize.py writes):
-        {"prompt": [{"role": "system", ...}, {"role": "user", "content": ...}],
-         "chosen": [{"role": "assistant", "content": ...}], "rejected": [{"role": "assistant", ...}]}
-        The prompt gets the tokenizer's chat template with the generation prompt appended.
-      string: {"prompt": str, "chosen": str, "rejected": str}
-        A prompt that already holds a special token (e.g. `<|im_start|>`) is used as it is. A plain
-        prompt is taken as the question (with or without data.ANSWER_INSTRUCTION) and becomes
-        data.format_prompt(question), the prompt evaluate.py builds; `--no-chat-template-for-strings`
-        uses it as it is instead (TRL's standard format).
-      The completion is the chosen / rejected text followed by one EOS token, so the policy also
-      learns to stop where generation stops. Other keys are ignored (metadata).
-    --model (the base; default the embedded smollm2-135m) and optionally --adapter (a starting
-      LoRA, e.g. an SFT adapter).
-Writes (--output-dir)
-    config.json, samples.jsonl (the first pairs exactly as tokenized), metrics.jsonl (one row per
-    step, TRL's names), checkpoints/step-N/, ref_logps.pt (with --precompute-ref-log-probs),
-    final/ (the adapter: `evaluate.py --adapter <output-dir>/final`), merged/ (with --merge),
-    plots/*.png, report.md.
+Reads   --pairs: a preference JSONL in TRL's format (one pair a line; other keys are ignored), either conversational,
+        as synthesize.py writes it (prompt = messages, through the chat template; chosen / rejected = [an assistant
+        message]), or string ({"prompt", "chosen", "rejected"}: a prompt holding a special token is used as it is, a
+        plain one is the question and becomes data.format_prompt(question), as in evaluate.py). Each completion gets
+        one EOS token, so the policy also learns to stop. --model: the base; --adapter: an optional starting LoRA.
+Writes  --output-dir: config.json, samples.jsonl (the first pairs as tokenized), metrics.jsonl (a row
+        per step, TRL's names), checkpoints/step-N/, ref_logps.pt (--precompute-ref-log-probs), final/
+        (the adapter: `evaluate.py --adapter <output-dir>/final`), merged/ (--merge), plots/*.png, report.md.
 
 Examples
     # CPU demo on the embedded model, pairs from synthesize.py (slow: 2-3 min per step on a busy 2-core CPU)
-    python train_dpo.py --pairs runs/synthesize/pairs.jsonl --output-dir runs/dpo-demo --max-steps 8 \\
-        --per-device-train-batch-size 2 --gradient-accumulation-steps 1 --learning-rate 5e-5 \\
-        --warmup-steps 0 --no-gradient-checkpointing
+    python train_dpo.py --pairs runs/synthesize/pairs.jsonl --output-dir runs/dpo-demo --max-steps 8 --warmup-steps 0 \\
+        --per-device-train-batch-size 2 --gradient-accumulation-steps 1 --learning-rate 5e-5 --no-gradient-checkpointing
     # one consumer GPU: QLoRA (4-bit is the default on CUDA), 16 pairs per step, RPO term on
-    python train_dpo.py --pairs runs/synthesize/pairs.jsonl --model Qwen/Qwen2.5-Math-1.5B-Instruct \\
-        --output-dir runs/dpo-qwen --per-device-train-batch-size 4 --gradient-accumulation-steps 4 \\
-        --rpo-alpha 1.0 --merge
-    # continue either run after an interruption, or extend a finished one with a larger --max-steps
-    python train_dpo.py --pairs runs/synthesize/pairs.jsonl --output-dir runs/dpo-demo --max-steps 16 --resume
+    python train_dpo.py --pairs runs/synthesize/pairs.jsonl --model Qwen/Qwen2.5-Math-1.5B-Instruct --rpo-alpha 1.0 \\
+        --output-dir runs/dpo-qwen --per-device-train-batch-size 4 --gradient-accumulation-steps 4 --merge
+    # the same command + --resume continues a run; with a larger --max-steps it extends a finished one
 
 Method choices and deviations
-    - The paper (arXiv 2602.03516) trains the policy with DPO on PNS pairs; its hyperparameters are
-      not public. We use TRL's defaults where a concept matches: beta 0.1, sigmoid loss, max_length
-      1024, max_grad_norm 1.0; a LoRA learning rate of 5e-6.
-    - Sequence log-probs are SUMS over the completion tokens (EOS included), as in DPO and TRL.
-      Chosen and rejected rows go through the model in one concatenated forward.
-    - The reference is the same model with the LoRA adapter off (no second copy in memory), or,
-      with --precompute-ref-log-probs, computed once before training and cached. With --adapter
-      the reference must be the starting adapter, which only the precomputed path gives, so
-      --adapter requires it.
-    - Pairs longer than max_length are dropped and counted, never truncated: truncation from the
-      end would cut off exactly the final answer that distinguishes the pair.
-    - PNS pairs are close (they differ in few tokens), exactly where plain DPO tends to push the
-      chosen log-prob DOWN while the margin grows. We log `logps/chosen_vs_ref` (policy minus
-      reference log-prob of the chosen completions of this step's pairs: starts at 0, no data
-      noise) and warn when it falls below -chosen_logp_drop_warning; the remedy is --rpo-alpha
-      (RPO's NLL term on chosen, per-sequence length-normalised; TRL averages over tokens).
+    - The paper (arXiv 2602.03516) trains the policy with DPO on PNS pairs, hyperparameters not public.
+      TRL's defaults where a concept matches (beta 0.1, sigmoid, max_length 1024, max_grad_norm 1.0); LoRA lr 5e-6.
+    - Sequence log-probs: SUMS over completion tokens (EOS included), as in DPO and TRL; both sides in one forward.
+    - Reference: the model with its LoRA adapter off (no second copy), or log-probs computed once before training
+      and cached (--precompute-ref-log-probs), which --adapter needs so that the starting adapter is the reference.
+    - Pairs over max_length are dropped and counted, never truncated: that cuts off the answer telling them apart.
+    - PNS pairs are close (few differing tokens), where plain DPO tends to push the chosen log-prob DOWN as the margin
+      grows: we log `logps/chosen_vs_ref` (policy minus reference on this step's chosen: 0 at the start, no data
+      noise), warn below -chosen_logp_drop_warning and offer --rpo-alpha (RPO's NLL on chosen, length-normalised
+      per sequence; TRL averages over tokens).
     - CPU: fp32, no 4-bit by default (bitsandbytes dequantisation on CPU only costs time there).
 """
 from __future__ import annotations
@@ -60,6 +39,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +51,7 @@ from pns_mini.data import ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prom
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
                                save_atomic, token_logprobs, trainable_parameters)
-from pns_mini.runs import (check_run_folder, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
+from pns_mini.runs import (check_run_folder, epoch_order, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
                            seed_everything, start_run)
 
 TIMING_KEYS = ("seconds_per_step",)  # the only metrics that differ between identical runs
@@ -177,18 +157,13 @@ class Config:
                              "starting adapter, not the base with the adapter off")
 
 
-# ---------------------------------------------------------------------------------------------
-# Pairs: validate every row (file:line:field), then tokenize and drop over-long pairs
-# ---------------------------------------------------------------------------------------------
 def prompt_string(prompt, tokenizer, chat_template_for_strings: bool, template_kwargs: dict | None = None) -> str:
-    """template_kwargs: the row's `chat_template_kwargs` (TRL's field; synthesize.py writes
-    {"enable_thinking": ...}), so the prompt is templated as it was when the pair was sampled."""
+    """template_kwargs: the row's `chat_template_kwargs` (TRL's field), so the prompt is templated as when sampled."""
     enable_thinking = bool((template_kwargs or {}).get("enable_thinking", False))
     if isinstance(prompt, list):  # conversational: the model's own chat template
         return chat_prompt(tokenizer, prompt, enable_thinking=enable_thinking)
-    already_templated = any(tok in prompt for tok in tokenizer.all_special_tokens)
-    if already_templated or not chat_template_for_strings:
-        return prompt
+    if any(tok in prompt for tok in tokenizer.all_special_tokens) or not chat_template_for_strings:
+        return prompt  # already templated, or --no-chat-template-for-strings
     return format_prompt(tokenizer, prompt.strip().removesuffix(ANSWER_INSTRUCTION).strip(),
                          enable_thinking=enable_thinking)
 
@@ -201,37 +176,20 @@ def completion_ids(completion, tokenizer) -> list[int]:
 
 def tokenize_pairs(rows: list[dict], tokenizer, cfg: Config) -> tuple[list[dict], dict]:
     """Token ids of each pair; pairs over max_length / max_completion_length are dropped, counted."""
-    kept, dropped = [], 0
+    kept = []
     for row in rows:
-        p = tokenizer(prompt_string(row["prompt"], tokenizer, cfg.chat_template_for_strings,
-                                    row.get("chat_template_kwargs")),
-                      add_special_tokens=False)["input_ids"]
+        text = prompt_string(row["prompt"], tokenizer, cfg.chat_template_for_strings, row.get("chat_template_kwargs"))
+        p = tokenizer(text, add_special_tokens=False)["input_ids"]
         c, r = completion_ids(row["chosen"], tokenizer), completion_ids(row["rejected"], tokenizer)
-        too_long = len(p) + max(len(c), len(r)) > cfg.max_length or (
-            cfg.max_completion_length is not None and max(len(c), len(r)) > cfg.max_completion_length)
-        if too_long:
-            dropped += 1
-            continue
-        kept.append({"prompt": p, "chosen": c, "rejected": r, "line": row["line"]})
-    counts = {"pairs_read": len(rows), "pairs_dropped_too_long": dropped, "pairs_kept": len(kept),
+        n = max(len(c), len(r))
+        if len(p) + n <= cfg.max_length and (cfg.max_completion_length is None or n <= cfg.max_completion_length):
+            kept.append({"prompt": p, "chosen": c, "rejected": r, "line": row["line"]})
+    counts = {"pairs_read": len(rows), "pairs_dropped_too_long": len(rows) - len(kept), "pairs_kept": len(kept),
               "forms": sorted({row["form"] for row in rows})}
     if not kept:
         raise DataError(f"{cfg.pairs}: all {len(rows)} pairs are longer than max_length={cfg.max_length} "
                         f"(max_completion_length={cfg.max_completion_length}); raise them")
     return kept, counts
-
-
-def pair_order(n: int, seed: int, start: int, count: int) -> torch.Tensor:
-    """Pair indices at positions [start, start + count) of the data stream: epoch after epoch,
-    each a permutation seeded by (seed, epoch). A saved position resumes it exactly."""
-    perms = {}
-    out = []
-    for pos in range(start, start + count):
-        epoch = pos // n
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.append(perms[epoch][pos % n])
-    return torch.stack(out)
 
 
 def collate(pairs: list[dict], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -256,8 +214,8 @@ def sequence_logps(model, ids, mask, completion_mask) -> torch.Tensor:
 
 @torch.no_grad()
 def reference_logps(model, pairs, cfg: Config, pad_id, device, key: str, path: Path) -> dict:
-    """Reference log-probs of every kept pair, computed once and cached at `path` under `key`
-    (pairs file hash + model + tokenization settings); a cache with another key is recomputed."""
+    """Reference log-probs of every kept pair (with --adapter: of the starting adapter, as no update has run yet),
+    cached at `path` under `key` (pairs file hash + model + tokenization settings); another key's cache is redone."""
     if path.exists():
         cache = torch.load(path, map_location="cpu")
         if cache.get("key") == key:
@@ -265,22 +223,16 @@ def reference_logps(model, pairs, cfg: Config, pad_id, device, key: str, path: P
         tqdm.write(f"{path}: cached reference log-probs are for other pairs/settings; recomputing")
     was_training = model.training
     model.eval()  # no dropout: the reference is deterministic
-    chosen, rejected = [], []
-    B = cfg.per_device_train_batch_size
+    chosen, rejected, B = [], [], cfg.per_device_train_batch_size
     for start in tqdm(range(0, len(pairs), B), desc="reference log-probs", leave=False):
-        batch = collate(pairs[start:start + B], pad_id, device)
-        if cfg.adapter:  # the starting adapter IS the reference (this runs before any update)
+        batch, n = collate(pairs[start:start + B], pad_id, device), len(pairs[start:start + B])
+        with nullcontext() if cfg.adapter else reference_model(model):
             ref = sequence_logps(model, *batch)
-        else:
-            with reference_model(model):
-                ref = sequence_logps(model, *batch)
-        n = len(pairs[start:start + B])
         chosen.append(ref[:n].float().cpu())
         rejected.append(ref[n:].float().cpu())
     model.train(was_training)
     cache = {"key": key, "chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(cache, tmp)
+    torch.save(cache, tmp := path.with_name(path.name + ".tmp"))
     os.replace(tmp, path)  # atomic: a half-written cache is never read
     return cache
 
@@ -290,18 +242,15 @@ def write_report(out: Path, cfg: Config, counts: dict, rows: list[dict], extra: 
     adapter = f" + adapter `{cfg.adapter}`" if cfg.adapter else ""
     merged = f", merged model: `{out / 'merged'}`" if cfg.merge else ""
     flagged = [r["step"] for r in rows if r.get("warning/chosen_logp_drop")]
-    lines = [
-        "# DPO run", "",
-        f"- pairs: `{cfg.pairs}` ({', '.join(counts['forms'])} form): read {counts['pairs_read']}, "
-        f"dropped as too long {counts['pairs_dropped_too_long']} (max_length {cfg.max_length}, "
-        f"max_completion_length {cfg.max_completion_length}), kept {counts['pairs_kept']}",
-        f"- model `{cfg.model}`{adapter}, loss {cfg.loss_type}, "
-        f"beta {cfg.beta}, rpo_alpha {cfg.rpo_alpha}, reference {extra['reference']}",
-        f"- steps {rows[-1]['step'] if rows else 0} x {extra['global_batch']} pairs, "
-        f"epochs {rows[-1]['epoch'] if rows else 0:.2f}, "
-        f"seconds per step {sum(times) / max(1, len(times)):.2f} (mean)",
-        f"- final adapter: `{out / 'final'}`{merged}",
-    ]
+    lines = ["# DPO run", "",
+             f"- pairs: `{cfg.pairs}` ({', '.join(counts['forms'])} form): read {counts['pairs_read']}, "
+             f"dropped as too long {counts['pairs_dropped_too_long']} (max_length {cfg.max_length}, "
+             f"max_completion_length {cfg.max_completion_length}), kept {counts['pairs_kept']}",
+             f"- model `{cfg.model}`{adapter}, loss {cfg.loss_type}, beta {cfg.beta}, rpo_alpha {cfg.rpo_alpha}, "
+             f"reference {extra['reference']}",
+             f"- steps {rows[-1]['step'] if rows else 0} x {extra['global_batch']} pairs, epochs "
+             f"{rows[-1]['epoch'] if rows else 0:.2f}, seconds per step {sum(times) / max(1, len(times)):.2f} (mean)",
+             f"- final adapter: `{out / 'final'}`{merged}"]
     if flagged:
         lines.append(f"- WARNING: logps/chosen fell more than {cfg.chosen_logp_drop_warning} nats below the "
                      f"reference at {len(flagged)} steps (first: step {flagged[0]}); consider --rpo-alpha 1.0")
@@ -333,8 +282,9 @@ def main(cfg: Config) -> dict:
             f.write(json.dumps({"line": p["line"], **{k: tokenizer.decode(p[k]) for k in ("prompt", "chosen", "rejected")},
                                 **{f"{k}_tokens": len(p[k]) for k in ("prompt", "chosen", "rejected")}}) + "\n")
 
-    B, G = cfg.per_device_train_batch_size, cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * len(pairs) / G))
+    B = cfg.per_device_train_batch_size
+    pairs_per_step = B * cfg.gradient_accumulation_steps
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * len(pairs) / pairs_per_step))
     if cfg.warmup_steps >= total_steps:
         tqdm.write(f"note: warmup_steps={cfg.warmup_steps} >= {total_steps} steps: the LR never reaches its peak")
     params = trainable_parameters(model)
@@ -349,9 +299,8 @@ def main(cfg: Config) -> dict:
         key = hashlib.sha256(json.dumps([file_hash, key_fields, load_in_4bit]).encode()).hexdigest()[:16]
         ref_cache = reference_logps(model, pairs, cfg, pad_id, device, key, out / "ref_logps.pt")
 
-    # step 0, or the latest checkpoint (none yet: step 0); the LR schedule is rebuilt for total_steps
-    step, extra = start_run(out, model, optimizer, [metrics_path])
-    pairs_seen = extra.get("pairs_seen", 0)
+    step, extra = start_run(out, model, optimizer, [metrics_path])  # step 0, or the latest checkpoint's
+    position = extra.get("position", extra.get("pairs_seen", 0))  # the data cursor (older runs: pairs_seen)
     if extra.get("num_pairs", len(pairs)) != len(pairs):
         raise DataError(f"{cfg.pairs}: {len(pairs)} pairs kept now, {extra['num_pairs']} when the checkpoint was "
                         f"saved: the data order would not continue; use the same pairs file")
@@ -362,8 +311,8 @@ def main(cfg: Config) -> dict:
     while step < total_steps:
         step += 1
         t0 = time.perf_counter()
-        order = pair_order(len(pairs), cfg.seed, pairs_seen, G)  # (G,) this step's pairs
-        pairs_seen += G
+        order = torch.tensor(epoch_order(len(pairs), cfg.seed, position, pairs_per_step))  # this step's pairs
+        position += pairs_per_step
         sums = defaultdict(float)
         optimizer.zero_grad(set_to_none=True)
         for micro in range(cfg.gradient_accumulation_steps):
@@ -380,14 +329,14 @@ def main(cfg: Config) -> dict:
                     ref = sequence_logps(model, ids, mask, completion_mask)  # (2B,)
                 ref_chosen, ref_rejected = ref[:B], ref[B:]
 
-            # --- DPO loss (+ RPO NLL on chosen), scaled so the accumulated gradient is the mean over G pairs ---
+            # --- DPO loss (+ RPO NLL on chosen), scaled: the accumulated gradient is the mean over the step's pairs ---
             losses, chosen_rewards, rejected_rewards = dpo_loss(
                 policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss_type, cfg.label_smoothing)
-            loss = losses.sum() / G
+            loss = losses.sum() / pairs_per_step
             if cfg.rpo_alpha:
                 nll = rpo_nll_loss(policy_chosen, completion_mask[:B].sum(-1))  # mean over these B pairs
-                loss = loss + cfg.rpo_alpha * nll * B / G
-                sums["nll_loss"] += nll.item() * B / G
+                loss = loss + cfg.rpo_alpha * nll * B / pairs_per_step
+                sums["nll_loss"] += nll.item() * B / pairs_per_step
             if not torch.isfinite(loss):
                 raise RuntimeError(f"step {step}: loss is {loss.item()} (pairs at lines "
                                    f"{[pairs[i]['line'] for i in idx]}); lower --learning-rate or use fp32/bf16")
@@ -399,7 +348,7 @@ def main(cfg: Config) -> dict:
                                     ("rewards/accuracies", (chosen_rewards > rejected_rewards).float()),
                                     ("logps/chosen", policy_chosen), ("logps/rejected", policy_rejected),
                                     ("logps/chosen_vs_ref", policy_chosen - ref_chosen)):
-                    sums[name] += value.float().sum().item() / G
+                    sums[name] += value.float().sum().item() / pairs_per_step
 
         # --- update ---
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
@@ -408,8 +357,7 @@ def main(cfg: Config) -> dict:
         scheduler.step()
 
         # --- log, warn, checkpoint ---
-        row = {"step": step, "epoch": round(pairs_seen / len(pairs), 4), **dict(sums),
-               "grad_norm": grad_norm.item(), "lr": lr}
+        row = {"step": step, "epoch": round(position / len(pairs), 4), **sums, "grad_norm": grad_norm.item(), "lr": lr}
         drop = -row["logps/chosen_vs_ref"]
         row["warning/chosen_logp_drop"] = cfg.chosen_logp_drop_warning is not None and drop > cfg.chosen_logp_drop_warning
         row["seconds_per_step"] = round(time.perf_counter() - t0, 3)
@@ -422,24 +370,24 @@ def main(cfg: Config) -> dict:
         bar.set_postfix_str(f"loss {row['loss']:.4f} margin {row['rewards/margins']:.3f} "
                             f"acc {row['rewards/accuracies']:.2f} logp_c {row['logps/chosen']:.1f} "
                             f"logp_r {row['logps/rejected']:.1f} gn {row['grad_norm']:.2f} lr {lr:.1e} "
-                            f"{row['seconds_per_step']:.1f}s" + (" CHOSEN-LOGP-DROP" if row["warning/chosen_logp_drop"] else ""))
+                            f"{row['seconds_per_step']:.1f}s"
+                            + (" CHOSEN-LOGP-DROP" if row["warning/chosen_logp_drop"] else ""))
         bar.update(1)
         if step % cfg.save_steps == 0 or step == total_steps:
             save_checkpoint(out, step, model, tokenizer, optimizer, scheduler,
-                            extra={"pairs_seen": pairs_seen, "num_pairs": len(pairs)})
+                            extra={"position": position, "num_pairs": len(pairs)})
     bar.close()
 
     # --- save, plot, report ---
     save_atomic(model, tokenizer, out / "final")
     if cfg.merge:  # a 4-bit base cannot be merged: reload it unquantized in the model dtype
-        base, base_tok = load_model_and_tokenizer(str(out / "final"), device=cfg.device, dtype=cfg.dtype)
-        merge_and_save(base, base_tok, out / "merged")
+        merge_and_save(*load_model_and_tokenizer(str(out / "final"), device=cfg.device, dtype=cfg.dtype), out / "merged")
     plot_metrics(metrics_path, out / "plots", {
         "loss": ["loss", "nll_loss"], "rewards": ["rewards/chosen", "rewards/rejected", "rewards/margins"],
         "logps": ["logps/chosen", "logps/rejected"], "logps_vs_ref": ["logps/chosen_vs_ref"],
         "accuracies": ["rewards/accuracies"], "grad_norm": ["grad_norm"]})
     metrics = read_metrics(metrics_path)
-    write_report(out, cfg, counts, metrics, {"global_batch": G, "reference": (
+    write_report(out, cfg, counts, metrics, {"global_batch": pairs_per_step, "reference": (
         "precomputed (ref_logps.pt)" if ref_cache is not None else "adapter off, on the fly")})
     print(f"done: {out} (final adapter {out / 'final'}" + (f", merged model {out / 'merged'}" if cfg.merge else "")
           + f", report {out / 'report.md'})")

@@ -1,66 +1,35 @@
 """Stage 1 of PNS: reverse-RL GRPO of the negative generator on the composite reward.
 
-The generator is rewarded for solutions that are well formed, end in a VERIFIED WRONG answer and
-still look right to a reward model and an LLM judge (pns_mini/rewards.py has the reward, its
-gating and the anti-hacking rules). Its samples feed synthesize.py (stage 2).
+The generator is rewarded for well-formed solutions that end in a VERIFIED WRONG answer and still
+look right to a reward model and an LLM judge (pns_mini/rewards.py: the reward, its gating and the
+anti-hacking rules). Its samples feed synthesize.py (stage 2).
 
-Reads
-    --problems   offline (generated, no files) | gsm8k_train | a benchmark name | a JSONL of
-                 {id, question, gold} rows (data.load_problems; --data-dir, --limit)
-    --model      the generator's base (default: the embedded smollm2-135m); a LoRA is trained on it
-    --reward-model  a classifier reward model folder (train_reward_model.py); default: the base
-                 model asked "is this solution correct? Yes/No" (scorers.py, generative verifier)
-    --judge-model   the LLM judge of the reasoning; default: the base model itself
-Writes (--output-dir)
-    config.json, metrics.jsonl (one row per step), samples.jsonl (every --log-samples-steps steps:
-    every completion with its answer, gold, reward terms and advantage), checkpoints/step-N/,
-    final/ (adapter + tokenizer; its adapter_config records the base, so
-    `synthesize.py --generator <dir>/final` and `evaluate.py --model <dir>/final` load it),
-    plots/*.png (redrawn from metrics.jsonl), report.md.
+Reads   --problems; --model, the base a LoRA is trained on; --reward-model, --judge-model (default: that base).
+Writes  --output-dir: config.json, metrics.jsonl (a row per step), samples.jsonl (completions with
+        answer, gold, reward terms and advantage), checkpoints/step-N/, final/ (adapter + tokenizer,
+        for `synthesize.py --generator` and `evaluate.py --model`), plots/*.png, report.md.
 
 Examples
-    # CPU demo on the embedded model with generated problems (~10 min per step on a busy 2-core CPU,
-    # 80% of it sampling). It shows the plumbing, not learning: SmolLM2-135M rarely ends in a
-    # \boxed{} answer within 128 tokens, so all completions are malformed, every group has zero
-    # reward spread (frac_reward_zero_std 1) and the gradient is 0.
+    # CPU demo, embedded SmolLM2-135M, generated problems (~10 min/step on 2 busy cores). Plumbing, not learning:
+    # it seldom ends in \\boxed{} within 128 tokens, so every group has zero reward spread and the gradient is 0.
     python train_generator.py --problems offline --prompts-per-step 2 --num-generations 4 \\
         --max-completion-length 128 --max-steps 6 --output-dir runs/gen-cpu
     # one consumer GPU (~12 GB): QLoRA (4-bit is the default on CUDA) on a 1.5B instruct model
-    python train_generator.py --model Qwen/Qwen2.5-1.5B-Instruct --problems gsm8k_train \\
-        --prompts-per-step 4 --num-generations 8 --max-completion-length 512 --max-steps 300 \\
-        --output-dir runs/gen-qwen1.5b
-    # continue after an interruption, or extend a finished run with a larger --max-steps
-    python train_generator.py --model Qwen/Qwen2.5-1.5B-Instruct --problems gsm8k_train \\
-        --prompts-per-step 4 --num-generations 8 --max-completion-length 512 --max-steps 400 \\
-        --output-dir runs/gen-qwen1.5b --resume
-
-One step
-    rollout    B problems x G completions, KV-cached sampling (temperature, top_p), eval mode
-    reward     rewards.score_completions: format gates everything, accuracy = verified wrong; the
-               reward model and judge run only where their score can count (well-formed and wrong)
-    advantage  (r - group mean) / group std (losses.group_advantages, scale_rewards)
-    update     num_iterations x [micro-batches of per_device_train_batch_size rows, each loss
-               divided by the GLOBAL normalizer so the summed gradient is the full batch's;
-               clip; AdamW step]; then one LR-scheduler step
+    python train_generator.py --model Qwen/Qwen2.5-1.5B-Instruct --problems gsm8k_train --max-steps 300 \\
+        --prompts-per-step 4 --num-generations 8 --max-completion-length 512 --output-dir runs/gen-qwen1.5b
+    # the same command + --resume continues it; with a larger --max-steps it extends a finished run
 
 Method choices and deviations from the paper (arXiv 2602.03516)
-    - The paper's generator is Qwen2.5-7B-Instruct (its trained weights are not public) with its own
-      reward model and judge; here a LoRA on a small instruct model, and the generative reward model
-      and the judge default to the generator's own base (adapter off: no second copy in memory).
-      They are then fixed: the policy's updates never change its reward.
-    - Reward weights and gating (not given in the paper) are rewards.DEFAULT_REWARD_WEIGHTS:
-      malformed -1 < correct 0.5 < wrong 1.5 .. 3.5.
-    - GRPO as in TRL's GRPOTrainer (token-level ratio, clipped surrogate, k3 KL to the reference =
-      adapter off) with these defaults: beta 0.04, not TRL 1.16's 0.0 (early TRL: 0.04): the KL
-      keeps the generator near the base model's fluent style, which makes a negative plausible;
-      learning_rate 1e-5 for LoRA (TRL's 1e-6 is for full fine-tuning); lr_scheduler_type cosine
-      with 10 warmup steps (TRL: linear, 0). Otherwise TRL 1.16's defaults (epsilon 0.2,
-      num_iterations 1, scale_rewards group, loss_type dapo, max_completion_length 512).
-    - Old log-probs (num_iterations > 1) and reference log-probs come from no-grad passes in eval
-      mode, the mode the completions were sampled in. The LR scheduler steps once per step (TRL
-      steps it once per optimizer update: the same when num_iterations == 1).
-    - CPU: fp32 and no 4-bit by default: bitsandbytes 4-bit on this 2-core CPU sampled 1.4-2.7x
-      slower than fp32 (tiny model and SmolLM2-135M) for no memory need.
+    - The paper's generator is Qwen2.5-7B-Instruct (weights not public) with its own reward model and judge.
+      Here a LoRA on a small instruct model; the reward model and judge default to its base with the adapter
+      off (no second copy), so the policy's updates never change its reward.
+    - Weights, gating (not in the paper): rewards.DEFAULT_REWARD_WEIGHTS; malformed -1 < correct 0.5 < wrong 1.5-3.5.
+    - GRPO as TRL 1.16's GRPOTrainer (token-level ratio, clipped surrogate, k3 KL to the adapter-off reference)
+      with its defaults, except: beta 0.04 (TRL 0.0; early TRL 0.04): the KL keeps the base's fluent style, which
+      makes a negative plausible; learning_rate 1e-5 for LoRA (TRL's 1e-6 is for full fine-tuning); cosine with 10
+      warmup steps (TRL: linear, 0); the scheduler steps once per step (TRL: per optimizer update; same if mu = 1).
+    - Old (num_iterations > 1) and reference log-probs: no-grad passes in eval mode, as sampled.
+    - CPU: fp32 and no 4-bit by default: bitsandbytes 4-bit sampled 1.4-2.7x slower than fp32 there.
 """
 from __future__ import annotations
 
@@ -80,12 +49,11 @@ from pns_mini.generation import sample
 from pns_mini.losses import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, zero_std_fraction
 from pns_mini.modeling import (load_model_and_tokenizer, reference_model, resolve_device, save_atomic,
                                token_logprobs, trainable_parameters)
-from pns_mini.runs import (check_run_folder, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
+from pns_mini.runs import (check_run_folder, epoch_order, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
                            seed_everything, start_run)
 
 TIMING_KEYS = ("time/generate", "time/score", "time/update", "time/step", "tokens/s")  # differ between equal runs
-# What --resume may change: the run's length, and what is saved or logged; anything else is a new run.
-RESUMABLE = ("max_steps", "save_steps", "logging_steps", "log_samples_steps", "device")
+RESUMABLE = ("max_steps", "save_steps", "logging_steps", "log_samples_steps", "device")  # what --resume may change
 
 
 @dataclass
@@ -117,8 +85,7 @@ class Config:
     top_p: float = 1.0
     """Nucleus sampling mass (0-1]."""
     enable_thinking: bool = False
-    """Qwen3-style templates: the model writes <think>...</think> first and the answer is read
-    after it; off = the template's empty think block, no thinking. Other templates ignore it."""
+    """Qwen3-style templates: write <think>...</think> first, answer read after it (off: empty think block)."""
     reward_weights: str | None = None
     """'format=0.5,accuracy=1,reward_model=1,judge=1' (partial is fine) or 4 numbers in that order; none = defaults."""
     malformed_penalty: float = rewards.MALFORMED_PENALTY
@@ -196,17 +163,15 @@ class Config:
             raise ValueError(f"--per-device-train-batch-size {self.per_device_train_batch_size} must divide "
                              f"prompts_per_step x num_generations = {N}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("--temperature must be > 0 (the loss needs the sampling distribution) "
-                             "and --top-p in (0, 1]")
+            raise ValueError("--temperature must be > 0 (the loss needs the sampling distribution) and --top-p in (0, 1]")
         if self.beta < 0 or self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ValueError("--beta must be >= 0, --epsilon > 0 and --epsilon-high >= 0")
-        if self.loss_type not in GRPO_LOSS_TYPES:
-            raise ValueError(f"--loss-type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {self.loss_type!r}")
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"--scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        for name, allowed in (("loss_type", GRPO_LOSS_TYPES), ("scale_rewards", SCALE_REWARDS)):
+            if (value := getattr(self, name)) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
         if self.lr_scheduler_type not in ("cosine", "constant"):
             raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
-        weights = parse_reward_weights(self.reward_weights)
+        weights = rewards.parse_reward_weights(self.reward_weights)
         if not any(weights.values()):
             raise ValueError(f"--reward-weights: all weights are zero ({self.reward_weights}): nothing to learn")
         if self.malformed_penalty >= weights["format"]:
@@ -214,52 +179,9 @@ class Config:
                              f"{weights['format']}, or a malformed completion scores like a correct one")
 
 
-def parse_reward_weights(text: str | None) -> dict[str, float]:
-    """'format=0.5,judge=0' -> every component's weight (rewards.DEFAULT_REWARD_WEIGHTS for the rest);
-    '0.5,1,1,1' -> weights in rewards.COMPONENTS order (TRL's list form). ValueError names the problem."""
-    if text is None or not text.strip():
-        return rewards.resolve_weights(None)
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    try:
-        if all("=" not in item for item in items):
-            return rewards.weights_from_list([float(item) for item in items])
-        pairs = [item.split("=", 1) for item in items]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError("mix of name=value and bare numbers")
-        return rewards.resolve_weights({name.strip(): float(value) for name, value in pairs})
-    except ValueError as e:
-        raise ValueError(f"--reward-weights {text!r}: {e} (expected e.g. "
-                         f"'format=0.5,accuracy=1,reward_model=1,judge=1' or '0.5,1,1,1')") from None
-
-
-def problem_order(n: int, seed: int, start: int, count: int) -> list[int]:
-    """Problem indices at positions [start, start + count) of the data stream: epoch after epoch,
-    each a permutation seeded by (seed, epoch). A saved position resumes it exactly."""
-    out, perms = [], {}
-    for pos in range(start, start + count):
-        epoch = pos // n
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.append(int(perms[epoch][pos % n]))
-    return out
-
-
-def model_scores(scorer, weight: float, questions: list[str], texts: list[str], rows: list[int]):
-    """Normalised scores of `rows` scattered into a list over all completions (0 elsewhere), and
-    the computed values alone. (None, []) when the component is off (weight 0 or no scorer)."""
-    if scorer is None or weight == 0:
-        return None, []
-    values = [float(s) for s in scorer([questions[i] for i in rows], [texts[i] for i in rows])] if rows else []
-    full = [0.0] * len(texts)
-    for i, v in zip(rows, values):
-        full[i] = v
-    return full, values
-
-
 @torch.no_grad()
 def no_grad_logps(model, ids, attn, T: int, chunks: list[slice], temperature: float) -> torch.Tensor:
-    """(N, T) log-probs of the completion tokens, chunk by chunk, in eval mode (the mode the
-    completions were sampled in: no dropout)."""
+    """(N, T) completion-token log-probs, chunk by chunk, in eval mode (as sampled: no dropout)."""
     was_training = model.training
     model.eval()
     try:
@@ -268,30 +190,18 @@ def no_grad_logps(model, ids, attn, T: int, chunks: list[slice], temperature: fl
         model.train(was_training)
 
 
-def grpo_normalizer(loss_type: str, mask: torch.Tensor, max_completion_length: int) -> float:
-    """The GLOBAL divisor of losses.grpo_loss for the whole batch (its docstring has the table):
-    grpo N sequences, dr_grpo N x max_completion_length, dapo all loss-masked completion tokens."""
-    if loss_type == "grpo":
-        return float(mask.shape[0])
-    if loss_type == "dr_grpo":
-        return float(mask.shape[0] * max_completion_length)
-    return max(1.0, float(mask.sum()))  # dapo; >= 1 when every row is masked out (all truncated)
-
-
 def step_metrics(scored: list[dict], totals: torch.Tensor, G: int, rollout) -> dict:
     """Reward components (means over the step's completions), outcome rates and lengths."""
-    n = len(scored)
+    n, lengths = len(scored), rollout.lengths.float()
     share = lambda pred: sum(1 for r in scored if pred(r)) / n  # noqa: E731
     row = {"reward/total": totals.mean().item(), "reward/std": totals.std().item() if n > 1 else 0.0}
     for name in rewards.COMPONENTS:  # components as returned, gated zeros included
         row[f"reward/{name}"] = sum(r[name] for r in scored) / n
-    row["frac_reward_zero_std"] = zero_std_fraction(totals, G)
-    row["rate/format"] = share(lambda r: r["format"] == 1.0)
+    row["frac_reward_zero_std"], row["rate/format"] = zero_std_fraction(totals, G), share(lambda r: r["format"] == 1.0)
     for verdict in ("correct", "wrong", "no_answer", "unparseable"):
         row[f"rate/{verdict}"] = share(lambda r: r["verdict"] == verdict)
     row["rate/wrong_well_formed"] = share(lambda r: r["format"] == 1.0 and r["verdict"] == "wrong")
     row["rate/truncated"] = rollout.truncated.float().mean().item()
-    lengths = rollout.lengths.float()
     row["length/mean"], row["length/max"] = lengths.mean().item(), lengths.max().item()
     for reason in rewards.FORMAT_REASONS:
         row[f"format_fail/{reason}"] = share(lambda r: r["format_reason"] == reason)
@@ -301,49 +211,45 @@ def step_metrics(scored: list[dict], totals: torch.Tensor, G: int, rollout) -> d
 def write_report(out: Path, cfg: Config, rows: list[dict], n_problems: int) -> None:
     """report.md: component means over the first vs last few steps, and the time split."""
     k = max(1, min(3, len(rows) // 2))
-    keys = ([f"reward/{c}" for c in ("total",) + rewards.COMPONENTS] +
-            ["rate/format", "rate/wrong_well_formed", "rate/correct", "rate/no_answer", "rate/truncated",
-             "frac_reward_zero_std", "length/mean", "kl", "grad_norm"])
+    keys = [f"reward/{c}" for c in ("total",) + rewards.COMPONENTS] + ["rate/format", "rate/wrong_well_formed",
+            "rate/correct", "rate/no_answer", "rate/truncated", "frac_reward_zero_std", "length/mean", "kl", "grad_norm"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+
     def mean(rs, key):  # None when a row lacks the value (kl with beta 0)
         values = [r.get(key) for r in rs]
         return sum(values) / len(values) if values and None not in values else None
-
-    def fmt(v):
-        return "-" if v is None else f"{v:.3f}"
 
     lines = ["# Negative generator (GRPO, reverse RL)", "",
              f"- model `{cfg.model}` + LoRA r={cfg.lora_r}, problems `{cfg.problems}` ({n_problems}), "
              f"{cfg.prompts_per_step} x {cfg.num_generations} completions per step, "
              f"max {cfg.max_completion_length} tokens, {len(rows)} steps logged",
              f"- loss {cfg.loss_type}, beta {cfg.beta}, epsilon {cfg.epsilon}, num_iterations {cfg.num_iterations}, "
-             f"lr {cfg.learning_rate}, reward weights {parse_reward_weights(cfg.reward_weights)}",
+             f"lr {cfg.learning_rate}, reward weights {rewards.parse_reward_weights(cfg.reward_weights)}",
              f"- final adapter: `{out / 'final'}` (synthesize.py --generator, evaluate.py --model)", "",
              f"## First {k} vs last {k} logged steps (means)", "",
              f"| metric | first {k} | last {k} |", "| --- | --- | --- |"]
     lines += [f"| {key} | {fmt(mean(rows[:k], key))} | {fmt(mean(rows[-k:], key))} |" for key in keys]
     times = {key: mean(rows, key) or 0.0 for key in ("time/generate", "time/score", "time/update", "time/step")}
     lines += ["", "## Time per step (mean seconds)", "", "| phase | seconds | share |", "| --- | --- | --- |"]
-    for key in ("time/generate", "time/score", "time/update"):
-        lines.append(f"| {key} | {times[key]:.1f} | {times[key] / max(times['time/step'], 1e-9):.0%} |")
-    lines.append(f"| time/step | {times['time/step']:.1f} | |")
-    lines.append(f"\nSampling throughput: {fmt(mean(rows, 'tokens/s'))} completion tokens/s.")
+    lines += [f"| {key} | {times[key]:.1f} | {times[key] / max(times['time/step'], 1e-9):.0%} |"
+              for key in ("time/generate", "time/score", "time/update")]
+    lines += [f"| time/step | {times['time/step']:.1f} | |",
+              f"\nSampling throughput: {fmt(mean(rows, 'tokens/s'))} completion tokens/s."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-PLOT_PANELS = {
-    "rewards": ["reward/total"] + [f"reward/{c}" for c in rewards.COMPONENTS],
-    "outcomes": ["rate/format", "rate/wrong_well_formed", "rate/correct", "rate/no_answer", "rate/truncated",
-                 "frac_reward_zero_std"],
-    "kl": ["kl"], "length": ["length/mean", "length/max"],
-    "time": ["time/generate", "time/score", "time/update"], "optimization": ["grad_norm", "clip_ratio"],
-}
+PLOT_PANELS = {"rewards": ["reward/total"] + [f"reward/{c}" for c in rewards.COMPONENTS],
+               "outcomes": ["rate/format", "rate/wrong_well_formed", "rate/correct", "rate/no_answer",
+                            "rate/truncated", "frac_reward_zero_std"],
+               "kl": ["kl"], "length": ["length/mean", "length/max"],
+               "time": ["time/generate", "time/score", "time/update"], "optimization": ["grad_norm", "clip_ratio"]}
 
 
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path, samples_path = out / "metrics.jsonl", out / "samples.jsonl"
     check_run_folder(out, cfg, RESUMABLE)  # a used folder, or --resume with other settings: refused here
-    weights = parse_reward_weights(cfg.reward_weights)
+    weights = rewards.parse_reward_weights(cfg.reward_weights)
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # fails on bad data before the model load
     if not problems:
         raise DataError(f"--problems {cfg.problems!r} (limit {cfg.limit}) gave no problems")
@@ -367,13 +273,10 @@ def main(cfg: Config) -> dict:
     save_config(cfg, out / "config.json")
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    B, G = cfg.prompts_per_step, cfg.num_generations
-    N, mb = B * G, cfg.per_device_train_batch_size
-    chunks = [slice(s, s + mb) for s in range(0, N, mb)]  # micro-batches of rows
-    reward_kw = dict(malformed_penalty=cfg.malformed_penalty, plausibility_only_when_wrong=cfg.plausibility_only_when_wrong)
+    B, G, mb = cfg.prompts_per_step, cfg.num_generations, cfg.per_device_train_batch_size
+    chunks = [slice(s, s + mb) for s in range(0, B * G, mb)]  # micro-batches of the N = B x G rows
 
-    # step 0, or the latest checkpoint (none yet: step 0); the LR schedule is rebuilt for max_steps
-    step, extra = start_run(out, model, optimizer, [metrics_path, samples_path])
+    step, extra = start_run(out, model, optimizer, [metrics_path, samples_path])  # step 0, or the latest checkpoint's
     position = extra.get("position", 0)
     if extra.get("num_problems", len(problems)) != len(problems):
         raise DataError(f"{out}/checkpoints/step-{step}: saved with {extra['num_problems']} problems, now "
@@ -388,23 +291,21 @@ def main(cfg: Config) -> dict:
         t_start = time.perf_counter()
 
         # ---------------- rollout: B problems x G completions (KV-cached sampling) ----------------
-        batch = [problems[i] for i in problem_order(len(problems), cfg.seed, position, B)]
+        batch = [problems[i] for i in epoch_order(len(problems), cfg.seed, position, B)]
         position += B
-        rollout = sample(model, tokenizer, [format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking) for p in batch], num_samples=G,
-                         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
-                         seed=cfg.seed * 1_000_003 + step)  # rows prompt-major: p0 x G, p1 x G, ...
-        row_problems = [batch[k] for k in rollout.prompt_index]  # (N,) the problem of each row
+        prompts = [format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking) for p in batch]
+        rollout = sample(model, tokenizer, prompts, num_samples=G, temperature=cfg.temperature, top_p=cfg.top_p,
+                         max_new_tokens=cfg.max_completion_length, seed=cfg.seed * 1_000_003 + step)
+        row_problems = [batch[k] for k in rollout.prompt_index]  # (N,) rows are prompt-major: p0 x G, p1 x G, ...
         questions, texts = [p["question"] for p in row_problems], rollout.texts
         golds, truncated = [p["gold"] for p in row_problems], rollout.truncated.tolist()
         t_generate = time.perf_counter() - t_start
 
         # ---------------- reward: grade first; model scores only where they can count ----------------
-        gate = rewards.score_completions(texts, golds, truncated, None, None, weights, **reward_kw)
-        counted = [i for i, r in enumerate(gate)  # the other rows' rm/judge terms are gated out of the total
-                   if r["format"] == 1.0 and (r["verdict"] == "wrong" or not cfg.plausibility_only_when_wrong)]
-        rm_scores, rm_values = model_scores(rm_scorer, weights["reward_model"], questions, texts, counted)
-        judge_scores, judge_values = model_scores(judge_scorer, weights["judge"], questions, texts, counted)
-        scored = rewards.score_completions(texts, golds, truncated, rm_scores, judge_scores, weights, **reward_kw)
+        scored = rewards.score_completions(  # the scorers see only the rows whose score counts
+            texts, golds, truncated, rm_scorer, judge_scorer, weights, questions=questions,
+            malformed_penalty=cfg.malformed_penalty, plausibility_only_when_wrong=cfg.plausibility_only_when_wrong)
+        counted = [r for r in scored if rewards.plausibility_counts(r, cfg.plausibility_only_when_wrong)]
         t_score = time.perf_counter() - t_start - t_generate
 
         # ---------------- advantage: group-relative, one per completion ----------------
@@ -418,17 +319,17 @@ def main(cfg: Config) -> dict:
             raise RuntimeError(f"step {step}: a completion mask is empty (generation.sample bug)")
         if cfg.mask_truncated_completions:  # TRL semantics: out of the loss, still in the group's advantage
             mask = mask * (~rollout.truncated).to(device).long().unsqueeze(1)
-        T = mask.shape[1]
-        D = grpo_normalizer(cfg.loss_type, mask, cfg.max_completion_length)  # global: the same for every micro-batch
-        adv = advantages.to(device)
+        T, adv = mask.shape[1], advantages.to(device)
+        # D: the GLOBAL divisor of grpo_loss (the table in its docstring), the same for every micro-batch
+        D = {"grpo": float(B * G), "dr_grpo": float(B * G * cfg.max_completion_length),
+             "dapo": max(1.0, float(mask.sum()))}[cfg.loss_type]  # dapo: >= 1 even when every row is masked out
         # num_iterations == 1: old = None -> logps.detach() (ratio 1), as TRL; else a no-grad pass before updating
         old = no_grad_logps(model, ids, attn, T, chunks, cfg.temperature) if cfg.num_iterations > 1 else None
         ref = None
         if cfg.beta != 0:  # memory trick: the reference is the policy with its adapter off
             with reference_model(model):
                 ref = no_grad_logps(model, ids, attn, T, chunks, cfg.temperature)  # (N, T)
-        lr = optimizer.param_groups[0]["lr"]
-        sums = defaultdict(float)
+        lr, sums = optimizer.param_groups[0]["lr"], defaultdict(float)
         for _ in range(cfg.num_iterations):
             optimizer.zero_grad(set_to_none=True)
             for sl in chunks:
@@ -455,8 +356,9 @@ def main(cfg: Config) -> dict:
         t_step = time.perf_counter() - t_start
         row = {"step": step, "epoch": round(position / len(problems), 4), **step_metrics(scored, totals, G, rollout),
                "scored/n": len(counted),
-               "scored/reward_model": sum(rm_values) / len(rm_values) if rm_values else None,
-               "scored/judge": sum(judge_values) / len(judge_values) if judge_values else None,
+               **{f"scored/{name}": sum(r[name] for r in counted) / len(counted) if counted and on else None
+                  for name, on in (("reward_model", rm_scorer is not None and weights["reward_model"] > 0),
+                                   ("judge", judge_scorer is not None and weights["judge"] > 0))},
                "loss": sums["loss"], "kl": sums["kl"] / max(sums["tokens"], 1.0) if ref is not None else None,
                "clip_ratio": sums["clip_ratio"] / max(sums["tokens"], 1.0), "grad_norm": sums["grad_norm"], "lr": lr,
                "time/generate": t_generate, "time/score": t_score, "time/update": t_update, "time/step": t_step,
@@ -471,12 +373,11 @@ def main(cfg: Config) -> dict:
                     **{name: r[name] for name in ("total",) + rewards.COMPONENTS},
                     "advantage": advantages[i].item(), "truncated": truncated[i], "length": int(rollout.lengths[i])})
         kl_text = "-" if row["kl"] is None else f"{row['kl']:.4f}"
-        bar.set_postfix_str(
-            f"R {row['reward/total']:.2f} fmt {row['reward/format']:.2f} acc {row['reward/accuracy']:.2f} "
-            f"rm {row['reward/reward_model']:.2f} judge {row['reward/judge']:.2f} | correct {row['rate/correct']:.2f} "
-            f"no_ans {row['rate/no_answer']:.2f} zero_std {row['frac_reward_zero_std']:.2f} | kl {kl_text} "
-            f"len {row['length/mean']:.0f} gn {row['grad_norm']:.3f} | gen/score/upd "
-            f"{t_generate:.0f}/{t_score:.0f}/{t_update:.0f}s")
+        bar.set_postfix_str(f"R {row['reward/total']:.2f} fmt {row['reward/format']:.2f} acc {row['reward/accuracy']:.2f} "
+                            f"rm {row['reward/reward_model']:.2f} judge {row['reward/judge']:.2f} | "
+                            f"correct {row['rate/correct']:.2f} no_ans {row['rate/no_answer']:.2f} "
+                            f"zero_std {row['frac_reward_zero_std']:.2f} | kl {kl_text} len {row['length/mean']:.0f} "
+                            f"gn {row['grad_norm']:.3f} | gen/score/upd {t_generate:.0f}/{t_score:.0f}/{t_update:.0f}s")
         bar.update(1)
         if step % cfg.save_steps == 0 or step == cfg.max_steps:
             save_checkpoint(out, step, model, tokenizer, optimizer, scheduler,

@@ -1,5 +1,5 @@
 r"""Train the reward model PNS uses as one term of the negative generator's reward: a causal LM
-with a scalar head (AutoModelForSequenceClassification, one label), Bradley-Terry loss plus a
+with a scalar head (AutoModelForSequenceClassification, one label), Bradley-Terry (BT) loss plus a
 centring penalty (losses.reward_model_loss):
 
     L = mean over pairs of [ -log sigmoid(r_chosen - r_rejected) + lambda * (r_chosen + r_rejected)^2 ]
@@ -7,19 +7,10 @@ centring penalty (losses.reward_model_loss):
 The first term only sees the margin; the second keeps the scores near zero, so they add cleanly to
 the other reward terms (format, accuracy inversion, CoT judge) in train_generator.py.
 
-Reads:  --pairs FILE: preference pairs in TRL's format, one JSON object a line: "chosen" and
-        "rejected" (strings, or chat-message lists [{"role", "content"}, ...]) and an optional
-        "prompt" of the same kind; other fields (metadata) are kept in samples.jsonl. By default
-        these are synthesize.py --negative-source rejection pairs: prompt = [system, user:
-        data.prompt_text(question)], chosen / rejected = [assistant: verified-correct / verified-
-        wrong solution]. --pairs offline makes pairs from data.load_problems("offline") instead
-        (the worked solution vs the same solution with its last step altered), no files needed.
-Writes: <output-dir>/config.json, metrics.jsonl (one row per step; eval/* keys on eval steps),
-        checkpoints/step-N/ (adapter + optimizer + scheduler + RNG), adapter/ (LoRA + score head),
-        final/ (the MERGED plain sequence-classification model + tokenizer, config.pad_token_id set:
-        loads as `--reward-model DIR` in train_generator.py / synthesize.py, in TRL, in plain HF),
-        samples.jsonl (every held-out pair with full texts and both scores), plots/*.png
-        (loss, accuracy, scores, optim, score_hist), summary.json and report.md.
+Reads:  --pairs: TRL-format preference JSONL (e.g. synthesize.py's; extra fields kept), or `offline` (offline_pairs).
+Writes: <output-dir>/config.json, metrics.jsonl, checkpoints/step-N/, adapter/ (LoRA + score head),
+        final/ (the MERGED plain sequence-classification model: `--reward-model DIR` in train_generator
+        and synthesize, TRL, HF), samples.jsonl (held-out pairs, both scores), plots/, summary.json, report.md.
 
 Examples:
     python train_reward_model.py --pairs offline --limit 80 --eval-fraction 0.2 --max-steps 16 \
@@ -29,25 +20,15 @@ Examples:
     python train_reward_model.py --pairs runs/synth/pairs.jsonl --output-dir runs/rm --resume --max-steps 400
 
 Method choices and deviations from the paper (arXiv 2602.03516):
-- Base model: the paper trains Qwen3-4B; we default to the embedded SmolLM2-135M-Instruct so the
-  script runs anywhere. Any causal LM loads: the score head is a new bias-free linear layer on the
-  last hidden state, trained together with a LoRA adapter (peft modules_to_save=["score"]); a 4-bit
-  NF4 base (QLoRA) by default on CUDA, fp32 on CPU.
-- lambda: the paper does not give it. Default 0.01, TRL's suggestion (after Eisenstein et al.
-  2023). Its gradient w.r.t. the two scores of a pair is the same, so in score space it moves their
-  mean, not their margin; through the shared weights it still competes with the margin, so keep it
-  small: at 0.01 a pair whose scores sum to 3 pays 0.09, against a Bradley-Terry term of 0.1-0.7.
-- Input text, as TRL's RewardTrainer: message lists -> the chat template of prompt + completion,
-  no generation prompt; strings -> prompt + completion + EOS. The score is the logit at the LAST
-  token that is not the pad token (Hugging Face's sequence-classification rule; with pad == EOS a
-  text ending in EOS is read at the token before it, padded or not). Rows are LEFT-padded with
-  position ids that skip the padding (modeling.sequence_scores), so a score does not depend on
-  its batch.
-- Pairs longer than --max-length tokens (either side) are dropped and counted, never truncated:
-  cutting the end would cut the final answer, the thing the two sides differ in.
-- The held-out split is by PROMPT (all pairs of a question land on the same side), seeded.
-- Loss reduction: mean over the pairs of a micro-batch, divided by gradient_accumulation_steps
-  (micro-batches are equal-sized), i.e. the mean over all pairs of the optimizer step.
+- The score head is a new bias-free linear layer on the last hidden state, trained with the LoRA
+  adapter (peft modules_to_save=["score"]); the base defaults to SmolLM2-135M, not Qwen3-4B.
+- lambda is not given in the paper: 0.01 is TRL's suggestion (after Eisenstein et al. 2023). It
+  moves a pair's mean score, not its margin, but competes with the margin through the shared
+  weights, so keep it small: at 0.01 scores summing to 3 pay 0.09, against a BT term of 0.1-0.7.
+- Text as TRL's RewardTrainer builds it, scored at the LAST token that is not pad (Hugging Face's
+  rule: with pad == EOS, a text ending in EOS is read at the token before it). Rows are left-padded
+  with position ids that skip the padding, so a score does not depend on its batch.
+- Over-long pairs are dropped, not truncated: cutting the end would cut the final answer.
 """
 from __future__ import annotations
 
@@ -63,12 +44,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pns_mini import data, runs
+from pns_mini import data, generation, losses, runs, scorers
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import DataError
-from pns_mini.generation import left_pad
-from pns_mini.losses import reward_model_loss
-from pns_mini.scorers import reward_model_text
 from pns_mini.modeling import (load_model_and_tokenizer, resolve_device, save_atomic, sequence_scores,
                                trainable_parameters)
 
@@ -146,12 +123,9 @@ class Config:
 RESUMABLE = ("max_steps", "save_steps", "eval_steps", "per_device_eval_batch_size", "device")
 
 
-# ---------------------------------------------------------------------------------------------
-# Pairs: read and check, or make from the offline problems
-# ---------------------------------------------------------------------------------------------
+# --- Pairs: read and check, or make from the offline problems -------------------------------------
 def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Rows of a TRL-format preference JSONL (or a comma list of them, concatenated), checked by
-    data.read_pairs (the prompt may be absent: TRL's implicit-prompt form; it then reads as "" or [])."""
+    """Rows of TRL-format preference JSONL files (a comma list), checked; an absent prompt reads as "" or []."""
     rows = [r for p in str(path).split(",") if p.strip() for r in data.read_pairs(p.strip(), prompt_required=False)]
     for row in rows:
         row.setdefault("prompt", [] if isinstance(row["chosen"], list) else "")
@@ -163,10 +137,9 @@ _LAST_OP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\$?)(\d+)")  # "60 - 13 = $47": 
 
 def offline_pairs(n: int, seed: int) -> list[dict]:
     r"""n pairs from the offline problems, in synthesize.py's layout: chosen = the worked solution,
-    rejected = the same solution with its LAST step altered and the \boxed{} answer following it.
-    Two in three pairs carry an arithmetic slip in that step (off by 1, 2 or 10: the line no longer
-    adds up); one in three applies the wrong operation, computed correctly (consistent arithmetic,
-    wrong reasoning), so the model cannot win by checking the last sum alone."""
+    rejected = it with its LAST step altered (and the \boxed{} answer after it): two in three by an
+    arithmetic slip (off by 1, 2 or 10), one in three by the wrong operation computed correctly
+    (consistent arithmetic, wrong reasoning), so checking the last sum alone does not win."""
     pairs = []
     for p in data.load_problems("offline", limit=n, seed=seed):
         rng = random.Random(f"pns-mini/rm-pairs/{seed}/{p['id']}")
@@ -202,22 +175,19 @@ def split_by_prompt(pairs: list[dict], eval_fraction: float, seed: int) -> tuple
     return [p for p, e in zip(pairs, is_eval) if not e], [p for p, e in zip(pairs, is_eval) if e]
 
 
-# ---------------------------------------------------------------------------------------------
-# Text -> tokens -> scores
-# ---------------------------------------------------------------------------------------------
+# --- Text -> tokens -> scores ---------------------------------------------------------------------
 def encode(tokenizer, prompt, completion, chat_template_kwargs: dict | None = None) -> list[int]:
-    """Token ids of one side of a pair: `scorers.reward_model_text` (the text RewardModelScorer
-    scores, and TRL's RewardTrainer builds), tokenized as TRL tokenizes it."""
+    """Token ids of one side of a pair: the text RewardModelScorer scores and TRL builds, tokenized as TRL does."""
     try:
-        text = reward_model_text(tokenizer, prompt, completion, chat_template_kwargs)
+        text = scorers.reward_model_text(tokenizer, prompt, completion, chat_template_kwargs)
     except ValueError as e:
-        raise DataError(str(e)) from None
+        raise data.DataError(str(e)) from None
     return tokenizer(text, add_special_tokens=not isinstance(prompt, list))["input_ids"]
 
 
 def score_rows(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
     """(B,) scores of token rows in one forward: left padding + position ids skipping it."""
-    ids, mask = left_pad(rows, pad_id)
+    ids, mask = generation.left_pad(rows, pad_id)
     device = next(model.parameters()).device
     return sequence_scores(model, ids.to(device), mask.to(device))  # (B,) fp32
 
@@ -227,43 +197,23 @@ def score_pairs(model, pairs: list[dict], pad_id: int, batch_size: int) -> tuple
     """(chosen (N,), rejected (N,)) scores in eval mode, on the CPU."""
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
-    for i in range(0, len(pairs), batch_size):
-        batch = pairs[i:i + batch_size]
-        scores = score_rows(model, [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch], pad_id)
-        chosen.append(scores[:len(batch)].cpu())
-        rejected.append(scores[len(batch):].cpu())
+    scores = [score_rows(model, [p["chosen_ids"] for p in b] + [p["rejected_ids"] for p in b], pad_id).cpu().view(2, -1)
+              for b in (pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size))]  # (2, B) each
     model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
+    return torch.cat([s[0] for s in scores]), torch.cat([s[1] for s in scores])
 
 
 def pair_stats(chosen: torch.Tensor, rejected: torch.Tensor, center_coef: float) -> dict[str, float]:
-    loss, stats = reward_model_loss(chosen, rejected, center_coef)
+    loss, stats = losses.reward_model_loss(chosen, rejected, center_coef)
     return {"loss": loss.item(), **stats}
 
 
-def batch_indices(step: int, micro: int, batch_size: int, grad_accum: int, n: int, seed: int) -> list[int]:
-    """Pair indices of micro-batch `micro` of optimizer step `step` (0-based). The data is an endless
-    stream of reshuffled epochs, a pure function of the step, so --resume continues it exactly."""
-    start = (step * grad_accum + micro) * batch_size
-    out = []
-    for pos in range(start, start + batch_size):
-        epoch, k = divmod(pos, n)
-        order = list(range(n))
-        random.Random(f"pns-mini/rm-order/{seed}/{epoch}").shuffle(order)
-        out.append(order[k])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
+# --- Report ---------------------------------------------------------------------------------------
 def plot_score_hist(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path) -> None:
     """One panel per split: histograms of the chosen (correct) and rejected (wrong) scores."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False)
     for ax, (name, (chosen, rejected)) in zip(axes[0], scores.items()):
         both = torch.cat([chosen, rejected])
@@ -271,8 +221,7 @@ def plot_score_hist(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], path: 
         ax.hist(chosen.tolist(), bins=bins, alpha=0.6, label=f"chosen (correct), mean {chosen.mean():.2f}")
         ax.hist(rejected.tolist(), bins=bins, alpha=0.6, label=f"rejected (wrong), mean {rejected.mean():.2f}")
         ax.axvline(0.0, color="k", lw=0.8)
-        ax.set_title(f"{name}: {len(chosen)} pairs")
-        ax.set_xlabel("reward-model score")
+        ax.set(title=f"{name}: {len(chosen)} pairs", xlabel="reward-model score")
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,10 +249,8 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
     def row(name, s):
         return f"| {name} | - | - | - | - | - |" if s is None else (
             f"| {name} | {s['pairs']} | {s['accuracy']:.3f} ({s['accuracy_ci95'][0]:.2f}-{s['accuracy_ci95'][1]:.2f}) "
-            f"| {s['score_mean']:+.3f} | "
-            f"{s['chosen_mean']:+.3f} / {s['rejected_mean']:+.3f} | {s['margin_mean']:+.3f} |")
-    n = summary["pairs"]
-    group_rows = []
+            f"| {s['score_mean']:+.3f} | {s['chosen_mean']:+.3f} / {s['rejected_mean']:+.3f} | {s['margin_mean']:+.3f} |")
+    n, group_rows = summary["pairs"], []
     for name in ("eval", "train"):
         if summary.get(f"{name}_by_group"):
             group_rows += [f"By source ({'held-out' if name == 'eval' else 'train'}):", "",
@@ -322,9 +269,7 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
         "Load it with `--reward-model final` (merged) or `--reward-model adapter`. Curves: plots/*.png.", ""]))
 
 
-# ---------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------
+# --- Main -----------------------------------------------------------------------------------------
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path = out / "metrics.jsonl"
@@ -333,37 +278,31 @@ def main(cfg: Config) -> dict:
     pairs = offline_pairs(cfg.limit or 200, cfg.seed) if cfg.pairs == "offline" else load_pairs(cfg.pairs, cfg.limit)
     train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
 
-    device = resolve_device(cfg.device)
-    load_in_4bit = device.type == "cuda" if cfg.load_in_4bit is None else cfg.load_in_4bit
+    load_in_4bit = resolve_device(cfg.device).type == "cuda" if cfg.load_in_4bit is None else cfg.load_in_4bit
     runs.seed_everything(cfg.seed)  # the new score head is drawn at load time
     model, tokenizer = load_model_and_tokenizer(
         cfg.model, num_labels=1, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, load_in_4bit=load_in_4bit,
         gradient_checkpointing=cfg.gradient_checkpointing, device=cfg.device)
     pad_id = model.config.pad_token_id  # sequence_scores reads the last token that is not this id
-    head = [n for n, p in model.named_parameters() if p.requires_grad and "score" in n and "lora" not in n]
-    if not head:
+    if not any(p.requires_grad and "score" in n and "lora" not in n for n, p in model.named_parameters()):
         raise RuntimeError("the score head is frozen: the reward model would keep its random head "
                            "(load_model_and_tokenizer should put 'score' in modules_to_save)")
 
-    dropped = 0
-    for split in (train_pairs, eval_pairs):
-        for p in split:
-            kw = p.get("chat_template_kwargs")
-            p["chosen_ids"], p["rejected_ids"] = (encode(tokenizer, p["prompt"], p["chosen"], kw),
-                                                  encode(tokenizer, p["prompt"], p["rejected"], kw))
-        kept = [p for p in split if max(len(p["chosen_ids"]), len(p["rejected_ids"])) <= cfg.max_length]
-        dropped += len(split) - len(kept)
-        split[:] = kept
+    for p in train_pairs + eval_pairs:
+        for side in ("chosen", "rejected"):
+            p[f"{side}_ids"] = encode(tokenizer, p["prompt"], p[side], p.get("chat_template_kwargs"))
+    train_pairs, eval_pairs = [[p for p in split if max(len(p["chosen_ids"]), len(p["rejected_ids"])) <= cfg.max_length]
+                               for split in (train_pairs, eval_pairs)]  # dropped, never truncated
+    dropped = len(pairs) - len(train_pairs) - len(eval_pairs)
     if not train_pairs:
-        raise DataError(f"{cfg.pairs}: no training pairs left ({dropped} longer than --max-length {cfg.max_length}, "
-                        f"{len(eval_pairs)} held out)")
+        raise data.DataError(f"{cfg.pairs}: no training pairs left ({dropped} longer than --max-length "
+                             f"{cfg.max_length}, {len(eval_pairs)} held out)")
     print(f"pairs: {len(train_pairs)} train, {len(eval_pairs)} held out, {dropped} dropped (> {cfg.max_length} tokens)")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
 
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    # step 0, or the latest checkpoint (none yet: step 0); the LR schedule is rebuilt for max_steps
     start_step, _ = runs.start_run(out, model, optimizer, [metrics_path])
     scheduler = runs.make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type, start_step)
 
@@ -375,14 +314,14 @@ def main(cfg: Config) -> dict:
         optimizer.zero_grad(set_to_none=True)
         stats = []
         for micro in range(cfg.gradient_accumulation_steps):
-            idx = batch_indices(step, micro, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
-                                len(train_pairs), cfg.seed)
-            batch = [train_pairs[i] for i in idx]
+            start = step * pairs_per_step + micro * cfg.per_device_train_batch_size
+            batch = [train_pairs[i] for i in runs.epoch_order(len(train_pairs), cfg.seed, start,
+                                                              cfg.per_device_train_batch_size)]
             # ---- score: chosen and rejected sides of B pairs in one forward of 2B rows ----
             scores = score_rows(model, [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch], pad_id)
             chosen, rejected = scores[:len(batch)], scores[len(batch):]  # (B,), (B,)
-            # ---- loss: Bradley-Terry + centring, mean over pairs; / GA = mean over the step's pairs ----
-            loss, s = reward_model_loss(chosen, rejected, cfg.center_rewards_coefficient)
+            # ---- loss: BT + centring, mean over pairs; / GA (equal micro-batches) = mean over the step's pairs ----
+            loss, s = losses.reward_model_loss(chosen, rejected, cfg.center_rewards_coefficient)
             if not loss.isfinite():
                 raise RuntimeError(f"step {step + 1}: loss is {loss.item()} (scores {scores.tolist()})")
             (loss / cfg.gradient_accumulation_steps).backward()
@@ -404,21 +343,16 @@ def main(cfg: Config) -> dict:
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}", score=f"{row['score_mean']:+.2f}",
                         margin=f"{row['margin_mean']:+.2f}", gnorm=f"{row['grad_norm']:.2f}", lr=f"{lr:.1e}",
                         **({"eval_acc": f"{row['eval/accuracy']:.2f}"} if "eval/accuracy" in row else {}))
-        if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
+        if (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or step + 1 == cfg.max_steps:  # always one at the end
             runs.save_checkpoint(out, step + 1, model, tokenizer, optimizer, scheduler,
-                                 extra={"pairs_seen": (step + 1) * pairs_per_step})
+                                 extra={"position": (step + 1) * pairs_per_step})
     bar.close()
 
-    # ---- save: a checkpoint at the end, the adapter, and the merged plain model ----
-    final_step = max(start_step, cfg.max_steps)
-    if final_step not in runs.list_checkpoints(out):
-        runs.save_checkpoint(out, final_step, model, tokenizer, optimizer, scheduler,
-                             extra={"pairs_seen": final_step * pairs_per_step})
+    # ---- save: the adapter, and the merged plain model ----
     save_atomic(model, tokenizer, out / "adapter")
     del model, optimizer, scheduler, params
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()  # a no-op without CUDA
     # A 4-bit base cannot be merged: reload it unquantized, apply the adapter, merge, save.
     merged, tokenizer = load_model_and_tokenizer(str(out / "adapter"), num_labels=1, device=cfg.device)
     merged = merged.merge_and_unload()
@@ -426,7 +360,7 @@ def main(cfg: Config) -> dict:
     save_atomic(merged, tokenizer, out / "final")
 
     # ---- evaluate the saved model: accuracy, mean score, score distributions ----
-    summary = {"steps": final_step, "center_rewards_coefficient": cfg.center_rewards_coefficient,
+    summary = {"steps": max(start_step, cfg.max_steps), "center_rewards_coefficient": cfg.center_rewards_coefficient,
                "pairs": {"train": len(train_pairs), "eval": len(eval_pairs), "dropped_too_long": dropped}}
     hist, samples = {}, []
     for name, split in (("eval", eval_pairs), ("train", train_pairs)):
@@ -445,15 +379,13 @@ def main(cfg: Config) -> dict:
                                                "margin_mean": (chosen[idx] - rejected[idx]).mean().item()}
                                            for g, idx in groups.items()}
         if name == "eval":
-            keep = ("chosen_ids", "rejected_ids")
-            samples = [{**{k: v for k, v in p.items() if k not in keep}, "chosen_score": c, "rejected_score": r}
-                       for p, c, r in zip(split, chosen.tolist(), rejected.tolist())]
+            samples = [{**{k: v for k, v in p.items() if k not in ("chosen_ids", "rejected_ids")}, "chosen_score": c,
+                        "rejected_score": r} for p, c, r in zip(split, chosen.tolist(), rejected.tolist())]
     (out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     plot_score_hist(hist, out / "plots" / "score_hist.png")
-    runs.plot_metrics(metrics_path, out / "plots", {
-        "loss": ["loss", "eval/loss"], "accuracy": ["accuracy", "eval/accuracy"],
-        "scores": ["score_mean", "margin_mean", "eval/score_mean", "eval/margin_mean"],
-        "optim": ["grad_norm"], "lr": ["lr"]})
+    runs.plot_metrics(metrics_path, out / "plots", {  # one PNG per panel
+        "loss": ["loss", "eval/loss"], "accuracy": ["accuracy", "eval/accuracy"], "optim": ["grad_norm"], "lr": ["lr"],
+        "scores": ["score_mean", "margin_mean", "eval/score_mean", "eval/margin_mean"]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_report(out, cfg, summary)
     ev = summary["eval"] or summary["train"]

@@ -53,7 +53,7 @@ from pns_mini.data import DataError, append_jsonl, iter_jsonl_tolerant, load_pro
 
 SOURCES = ("pns", "rejection", "prompted", "perturbed")
 # Sizes per scale. cpu: the run published in docs/results.md (about 2 h on this 2-core machine,
-# where a stage-1 step of 8 x 192 tokens takes ~75 s: 40 steps, not more, fit that budget);
+# where a stage-1 step of 8 x 192 tokens takes ~75 s: 32 steps, not more, fit that budget);
 # gpu: a 0.5B-1.5B instruct model on one consumer GPU (an estimate, not measured here); smoke:
 # the test suite's form on a tiny random model, whose samples are never well formed, so its
 # reward-model pairs come from the perturbed source (rm_negatives) instead of rejection sampling.
@@ -63,7 +63,7 @@ SCALES = {
                   eval_benchmarks="offline", eval_limit=3, eval_max_completion_length=12, rm_negatives="perturbed",
                   batch_size=4),
     "cpu": dict(model="smollm2-135m", n_rm=56, n_stage1=120, n_synth=48, num_candidates=4, max_completion_length=192,
-                rm_steps=8, stage1_steps=40, stage1_warmup_steps=5, prompts_per_step=2, num_generations=4,
+                rm_steps=8, stage1_steps=32, stage1_warmup_steps=5, prompts_per_step=2, num_generations=4,
                 dpo_steps=6, eval_benchmarks="gsm8k,offline", eval_limit=25, eval_max_completion_length=192,
                 rm_negatives="rejection", batch_size=10),
     "gpu": dict(model="Qwen/Qwen2.5-0.5B-Instruct", n_rm=600, n_stage1=1600, n_synth=1000, num_candidates=8,
