@@ -164,7 +164,7 @@ def stage1_table(out: Path, seed: int) -> list[str]:
     k = max(1, len(steps) // 4)
     first = [r for r in rows if r["step"] in steps[:k]]
     last = [r for r in rows if r["step"] in steps[-k:]]
-    measures = {"well-formed and wrong": lambda r: float(r["format_reason"] is None and r["verdict"] == "wrong"),
+    measures = {"well-formed and wrong": lambda r: float(not r["format_reason"] and r["verdict"] == "wrong"),
                 "correct": lambda r: float(r["verdict"] == "correct"),
                 **{f"reward/{c}": (lambda c: lambda r: r[c])(c)
                    for c in ("total", "format", "accuracy", "reward_model", "judge")},
