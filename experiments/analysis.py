@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
 
 from evaluate import bootstrap_ci  # noqa: E402  (the one bootstrap of the project)
 from pns_mini.data import iter_jsonl_tolerant, read_jsonl  # noqa: E402
+from pns_mini.report import text_of  # noqa: E402
 from pns_mini.rewards import FORMAT_REASONS  # noqa: E402
 
 SOURCES = ("pns", "rejection", "prompted", "perturbed")
@@ -48,11 +49,6 @@ def fmt(ci, digits: int = 2, signed: bool = True) -> str:
         return "-"
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     return f"{f.format(ci[0])} [{f.format(ci[1])}, {f.format(ci[2])}]"
-
-
-def text_of(value) -> str:
-    """A pair side's text: a plain string or the content of its last message."""
-    return value if isinstance(value, str) else value[-1]["content"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +197,7 @@ def correctness(folder: Path) -> dict[tuple[str, str], float]:
 
 
 def main_table(out: Path, seed: int) -> list[str]:
+    from experiments.paper import pair_count
     base = correctness(out / "eval-base")
     if not base:
         return []
@@ -210,8 +207,7 @@ def main_table(out: Path, seed: int) -> list[str]:
     for name in ("base", *SOURCES):
         folder = out / f"eval-{name}"
         got = correctness(folder) if folder.exists() else {}
-        pairs = "-" if name == "base" else str(sum(1 for _ in iter_jsonl_tolerant(out / f"neg-{name}" / "pairs.jsonl"))
-                                                 if (out / f"neg-{name}" / "pairs.jsonl").exists() else 0)
+        pairs = "-" if name == "base" else str(pair_count(out / f"neg-{name}"))
         if not got:
             lines.append(f"| dpo-{name} | {pairs} | " + " | ".join("-" for _ in benchmarks)
                          + " | - | no pairs, no DPO run |")

@@ -50,7 +50,8 @@ def _images(folder: Path, root: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Stage 2: the negatives' quality per source (the Figure 1 comparison), from pairs files alone
 # ---------------------------------------------------------------------------------------------
-def _text_of(field) -> str:
+def text_of(field) -> str:
+    """A pair side's text: a plain string or the content of its last message."""
     return field if isinstance(field, str) else field[-1]["content"]
 
 
@@ -79,7 +80,7 @@ def source_stats(pairs: list[dict], skipped: list[dict]) -> dict:
         "judge_chosen": _mean_of(r["judge_chosen"] for r in pairs),
         "tokens_chosen": _mean_of(r["chosen_tokens"] for r in pairs),
         "tokens_rejected": _mean_of(r["rejected_tokens"] for r in pairs),
-        "similarity": _mean_of(similarity(_text_of(r["chosen"]), _text_of(r["rejected"])) for r in pairs),
+        "similarity": _mean_of(similarity(text_of(r["chosen"]), text_of(r["rejected"])) for r in pairs),
     }
 
 
@@ -196,7 +197,7 @@ def example_pair(pair_dirs: list[Path], chars: int = 600) -> list[str]:
     quote = lambda text: "\n".join("> " + line for line in text.strip()[:chars].splitlines())  # noqa: E731
     return [f"Example ({r.get('source')}, problem `{r.get('id')}`, gold {r.get('gold')}): the rejected side answers "
             f"{r.get('rejected_answer')}, RM {_fmt(r.get('rm_raw_rejected'))} vs chosen {_fmt(r.get('rm_raw_chosen'))}.",
-            "", quote(question.split(ANSWER_INSTRUCTION)[0]), ">", "> **rejected:**", quote(_text_of(r["rejected"])), ""]
+            "", quote(question.split(ANSWER_INSTRUCTION)[0]), ">", "> **rejected:**", quote(text_of(r["rejected"])), ""]
 
 
 def stage_times(root: Path) -> list[str]:

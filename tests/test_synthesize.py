@@ -275,7 +275,7 @@ def test_pairs_load_in_train_dpo(pair_format, tiny_model_dir, tokenizer, tmp_pat
     assert train_dpo.prompt_string(first["prompt"], tokenizer, True) == expected_prompt
     if pair_format == "string":
         assert first["prompt"] == expected_prompt and isinstance(first["chosen"], str)
-    assert tokenizer.decode(kept[0]["chosen"], skip_special_tokens=True) == report._text_of(first["chosen"])
+    assert tokenizer.decode(kept[0]["chosen"], skip_special_tokens=True) == report.text_of(first["chosen"])
 
 
 def test_select_negatives_ranks_plausible_sources_and_picks_the_others_at_random():
