@@ -160,6 +160,10 @@ def run_stage(out: Path, name: str, script: str, args: list[str]) -> dict:
     return record
 
 
+def split_sizes(cfg: Config) -> dict[str, int]:
+    return {"rm_a": cfg.n_rm, "rm_b": cfg.n_rm, "stage1": cfg.n_stage1, "synth": cfg.n_synth}
+
+
 def write_split(cfg: Config, out: Path) -> dict:
     """Shuffle the training problems (seeded) and cut four disjoint sets; each is a JSONL file."""
     path = out / "split.json"
@@ -174,7 +178,7 @@ def write_split(cfg: Config, out: Path) -> dict:
     else:
         problems = load_problems(source, cfg.data_dir, limit=None if source != "offline" else 1000)
     random.Random(cfg.seed).shuffle(problems)
-    sizes = {"rm_a": cfg.n_rm, "rm_b": cfg.n_rm, "stage1": cfg.n_stage1, "synth": cfg.n_synth}
+    sizes = split_sizes(cfg)
     if sum(sizes.values()) > len(problems):
         raise DataError(f"{source}: {len(problems)} problems, the split needs {sum(sizes.values())}")
     split, start = {"source": source, "seed": cfg.seed, "files": {}, "ids": {}}, 0
@@ -279,7 +283,7 @@ def main(cfg: Config) -> Path:
     if split.exists():
         saved = json.loads(split.read_text())
         now = {"seed": cfg.seed, **({"source": cfg.problems} if cfg.problems else {}),
-               "sizes": {"rm_a": cfg.n_rm, "rm_b": cfg.n_rm, "stage1": cfg.n_stage1, "synth": cfg.n_synth}}
+               "sizes": split_sizes(cfg)}
         was = {"seed": saved["seed"], **({"source": saved["source"]} if cfg.problems else {}),
                "sizes": {k: len(v) for k, v in saved["ids"].items()}}
         if now != was:
