@@ -21,9 +21,8 @@ Method choices:
 - accuracy = mean over problems of the fraction of correct samples (= the unbiased pass@1), with a
   95% percentile bootstrap over PROBLEMS (for the average, stratified by benchmark). pass@j for
   j = 2, 4, ... up to k (Chen et al. 2021); maj@k votes with equivalent answers grouped by the grader.
-- Batches hold batch_size // k consecutive problems, all k samples of a problem together. Greedy
-  results do not depend on the batch size (tested on the tiny model; on SmolLM2-135M, fp32 CPU, the
-  first 32 tokens of 4 problems regenerated alone matched). Sampling is seeded per batch.
+- Batches hold batch_size // k consecutive problems, all k samples of a problem together; greedy
+  results do not depend on the batch size (tested). Sampling is seeded per batch.
 - Resume: a rerun skips the problems in samples.jsonl and redoes one with fewer than k rows; other
   decoding settings, a changed prompt or another --extraction in the same folder are refused.
   --regrade re-grades the saved completions with --extraction (golds re-read where the benchmark loads).
@@ -36,7 +35,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -48,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pns_mini import data, generation, grading, modeling, runs
+from pns_mini.data import write_atomic, write_jsonl
 from pns_mini.config import main_guard, save_config
 
 
@@ -72,7 +71,7 @@ class Config:
     top_p: float = 1.0
     """Nucleus sampling mass (0-1]; ignored when greedy."""
     enable_thinking: bool = False
-    """Qwen3-style templates: think in <think>...</think>, answer after it; off = empty think block; others ignore it."""
+    """Qwen3-style templates: think in <think>...</think>, answer after it (off: an empty think block)."""
     batch_size: int = 8
     """Completions generated at once (4-64 on a GPU; 8 on a CPU)."""
     seed: int = 0
@@ -122,7 +121,7 @@ def benchmark_names(spec: str) -> list[str]:
 
 
 def load_records(path: Path, k: int) -> list[dict]:
-    """samples.jsonl's rows minus problems with fewer than k (a killed run's), rewritten so those are generated again."""
+    """samples.jsonl's rows minus problems with fewer than k (a killed run's), rewritten: those are sampled again."""
     data.repair_torn_tail(path)
     rows = list(data.iter_jsonl_tolerant(path))
     counts = Counter((r["benchmark"], r["id"]) for r in rows)
@@ -131,14 +130,8 @@ def load_records(path: Path, k: int) -> list[dict]:
         partial = sorted({key for key, c in counts.items() if c != k})
         print(f"{path}: dropping {len(rows) - len(complete)} rows of {len(partial)} incomplete problems "
               f"(e.g. {partial[0]}); they are generated again")
-        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in complete))
+        write_jsonl(path, complete)
     return complete
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
 
 def check_same_grading(cfg: Config, config_path: Path) -> None:
@@ -229,7 +222,8 @@ def summarize(rows: list[dict], resamples: int, seed: int) -> dict:
         k = min(len(g) for g in groups)
         if k > 1:
             for j in [2 ** e for e in range(1, k.bit_length()) if 2 ** e < k] + [k]:
-                stats[f"pass@{j}"] = float(np.mean([pass_at_k(len(g), sum(r["correct"] for r in g), j) for g in groups]))
+                stats[f"pass@{j}"] = float(np.mean([pass_at_k(len(g), sum(r["correct"] for r in g), j)
+                                                    for g in groups]))
             votes = [majority_vote([r["extracted"] for r in g], same_answer) for g in groups]
             stats[f"maj@{k}"] = float(np.mean([v is not None and g[v]["correct"] for v, g in zip(votes, groups)]))
         benchmarks[name] = stats
@@ -276,10 +270,12 @@ def render_report(summary: dict) -> str:
         f"- date: {st['date']}" + (" (verdicts regraded from saved completions)" if st.get("regraded") else ""), "",
     ]
     extra = [key for key in summary["average"] if key.startswith(("pass@", "maj@"))]
-    header = ["benchmark", "n", "accuracy % (95% CI)", "no answer %", "truncated %", "mean tokens", *(f"{k} %" for k in extra)]
+    header = ["benchmark", "n", "accuracy % (95% CI)", "no answer %", "truncated %", "mean tokens",
+              *(f"{k} %" for k in extra)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    rows = [*summary["benchmarks"].items(), *([("**average** (unweighted)", summary["average"])] if summary["average"] else [])]
+    rows = [*summary["benchmarks"].items()] + ([("**average** (unweighted)", summary["average"])]
+                                               if summary["average"] else [])
     for name, s in rows:
         cells = [name, str(s["n"]), f"{pct(s['accuracy'])} ({pct(s['ci_low'])}-{pct(s['ci_high'])})",
                  pct(s["no_answer_rate"]), pct(s["truncation_rate"]), f"{s['mean_tokens']:.0f}"]
@@ -293,8 +289,7 @@ def render_report(summary: dict) -> str:
 def write_outputs(out: Path, rows: list[dict], stamp: dict, resamples: int, seed: int) -> dict:
     summary = {**summarize(rows, resamples, seed), "stamp": stamp}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(out / "metrics.jsonl", "".join(json.dumps({"benchmark": name, **s}) + "\n"
-                                                for name, s in summary["benchmarks"].items()))
+    write_jsonl(out / "metrics.jsonl", ({"benchmark": name, **s} for name, s in summary["benchmarks"].items()))
     write_atomic(out / "report.md", render_report(summary))
     print((out / "report.md").read_text())
     return summary
@@ -323,8 +318,9 @@ def regrade(cfg: Config, out: Path) -> dict:
         fields = grade_fields(r["completion"], gold, cfg.extraction)
         changed += fields["verdict"] != r.get("verdict")
         r.update(fields)
-    write_atomic(samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_atomic(config_path, json.dumps({**saved, "extraction": cfg.extraction}, indent=2) + "\n")  # reruns grade alike
+    write_jsonl(samples_path, rows)
+    # reruns grade alike
+    write_atomic(config_path, json.dumps({**saved, "extraction": cfg.extraction}, indent=2) + "\n")
     print(f"regraded {len(rows)} samples with --extraction {cfg.extraction}: {changed} verdicts changed, "
           f"{new_gold} golds updated")
     stamp = {**make_stamp(run_cfg), "regraded": True}  # date = now; the completions are older
@@ -357,11 +353,15 @@ def main(cfg: Config) -> dict:
 
     if n_pending:
         todo = [(name, p) for name, ps in problems.items() for p in ps]
+        def prompt_of(p):
+            return data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking)
+
         for name, p in todo:  # a changed template would mix two prompts in one table
             saved = recorded.get((name, p["id"]))
-            if saved is not None and saved != data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking):
+            if saved is not None and saved != prompt_of(p):
                 raise RunMismatchError(f"{samples_path}: the recorded prompt of {p['id']} differs from the "
-                                       f"current one (template {data.prompt_template_hash()}); use another --output-dir")
+                                       f"current one (template {data.prompt_template_hash()}); "
+                                       "use another --output-dir")
         per_batch = max(1, cfg.batch_size // k)  # problems per batch: all k samples of a problem together
         bar = tqdm(total=n_pending, desc="evaluate", unit="problem", dynamic_ncols=True)
         correct, seen = 0, 0
@@ -370,10 +370,11 @@ def main(cfg: Config) -> dict:
             if not batch:
                 continue
             # --- generation: k samples per problem, KV-cached, rows prompt-major ---
-            prompts = [data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking) for _, p in batch]
-            t0 = time.perf_counter()  # seed below: from the batch's first problem, by crc32 (hash() differs per process)
-            comp = generation.sample(model, tokenizer, prompts, num_samples=k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.max_completion_length, batch_size=cfg.batch_size,
+            prompts = [prompt_of(p) for _, p in batch]
+            t0 = time.perf_counter()  # seed: the batch's first problem by crc32 (hash() differs per process)
+            comp = generation.sample(model, tokenizer, prompts, num_samples=k, temperature=cfg.temperature,
+                                     top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
+                                     batch_size=cfg.batch_size,
                                      seed=zlib.crc32(f"{cfg.seed}/{todo[start][0]}/{todo[start][1]['id']}".encode()))
             seconds = time.perf_counter() - t0
             lengths = comp.lengths.tolist()  # (N,) completion tokens, EOS included

@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs
+from pns_mini.data import ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs, write_atomic
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
                                save_atomic, token_logprobs, trainable_parameters)
@@ -256,7 +256,7 @@ def write_report(out: Path, cfg: Config, counts: dict, rows: list[dict], extra: 
                      f"reference at {len(flagged)} steps (first: step {flagged[0]}); consider --rpo-alpha 1.0")
     for name, row in (("First", rows[:1]), ("Last", rows[-1:])):
         lines += ["", f"## {name} metrics row", "", "```json", json.dumps(row[0] if row else {}, indent=1), "```"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 def main(cfg: Config) -> dict:

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from pns_mini import rewards, scorers
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems
+from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems, write_atomic
 from pns_mini.generation import sample
 from pns_mini.losses import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, zero_std_fraction
 from pns_mini.modeling import (load_model_and_tokenizer, reference_model, resolve_device, save_atomic,
@@ -235,7 +235,7 @@ def write_report(out: Path, cfg: Config, rows: list[dict], n_problems: int) -> N
               for key in ("time/generate", "time/score", "time/update")]
     lines += [f"| time/step | {times['time/step']:.1f} | |",
               f"\nSampling throughput: {fmt(mean(rows, 'tokens/s'))} completion tokens/s."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 PLOT_PANELS = {"rewards": ["reward/total"] + [f"reward/{c}" for c in rewards.COMPONENTS],

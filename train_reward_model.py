@@ -257,7 +257,7 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
                            "| source | pairs | accuracy | margin |", "| --- | --- | --- | --- |"]
             group_rows += [f"| {g} | {s['pairs']} | {s['accuracy']:.3f} | {s['margin_mean']:+.3f} |"
                            for g, s in summary[f"{name}_by_group"].items()] + [""]
-    (out / "report.md").write_text("\n".join([
+    data.write_atomic(out / "report.md", "\n".join([
         f"# Reward model: {cfg.model} on {cfg.pairs}", "",
         f"Bradley-Terry + centring (lambda {cfg.center_rewards_coefficient}), LoRA r={cfg.lora_r}, {summary['steps']} "
         f"steps of {cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps} pairs, lr {cfg.learning_rate} "
@@ -381,12 +381,12 @@ def main(cfg: Config) -> dict:
         if name == "eval":
             samples = [{**{k: v for k, v in p.items() if k not in ("chosen_ids", "rejected_ids")}, "chosen_score": c,
                         "rejected_score": r} for p, c, r in zip(split, chosen.tolist(), rejected.tolist())]
-    (out / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    data.write_jsonl(out / "samples.jsonl", samples)
     plot_score_hist(hist, out / "plots" / "score_hist.png")
     runs.plot_metrics(metrics_path, out / "plots", {  # one PNG per panel
         "loss": ["loss", "eval/loss"], "accuracy": ["accuracy", "eval/accuracy"], "optim": ["grad_norm"], "lr": ["lr"],
         "scores": ["score_mean", "margin_mean", "eval/score_mean", "eval/margin_mean"]})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    data.write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_report(out, cfg, summary)
     ev = summary["eval"] or summary["train"]
     print(f"{'held-out' if summary['eval'] else 'train'}: accuracy {ev['accuracy']:.3f}, mean score "

@@ -88,11 +88,12 @@ def write_pairs(path: Path, model: str, n: int, max_length: int) -> dict:
     check = (" Check: going back over each step, every quantity was read from the question and each"
              " operation was done in order, so the result stands.")
     lengths = []
+    pair_cfg = types.SimpleNamespace(pair_format="conversational", enable_thinking=False)
     with open(path, "w", encoding="utf-8") as f:
         for p in load_problems("offline", limit=n):
             gold, wrong = p["gold"], str(int(p["gold"]) + 1)
             steps, final = p["solution"].rsplit("\n", 1)
-            fields = synthesize.messages(types.SimpleNamespace(pair_format="conversational"), tok, p["question"], "", "")
+            fields = synthesize.messages(pair_cfg, tok, p["question"], "", "")
             prompt_len = len(tok(tok.apply_chat_template(fields["prompt"], tokenize=False, add_generation_prompt=True),
                                  add_special_tokens=False)["input_ids"])
             body = steps
@@ -103,8 +104,7 @@ def write_pairs(path: Path, model: str, n: int, max_length: int) -> dict:
                     break
                 body = longer
             chosen, rejected = body + "\n" + final, body + "\n" + final.replace(f"{{{gold}}}", f"{{{wrong}}}")
-            row = {"id": p["id"], **synthesize.messages(types.SimpleNamespace(pair_format="conversational"), tok,
-                                                         p["question"], chosen, rejected),
+            row = {"id": p["id"], **synthesize.messages(pair_cfg, tok, p["question"], chosen, rejected),
                    "gold": gold, "chosen_answer": gold, "rejected_answer": wrong, "source": "bench"}
             f.write(json.dumps(row) + "\n")
             lengths.append(prompt_len + len(tok(rejected, add_special_tokens=False)["input_ids"]) + 1)

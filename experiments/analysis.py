@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from evaluate import bootstrap_ci  # noqa: E402  (the one bootstrap of the project)
-from pns_mini.data import iter_jsonl_tolerant, read_jsonl  # noqa: E402
+from pns_mini.data import iter_jsonl_tolerant, read_jsonl, write_atomic, write_jsonl  # noqa: E402
 from pns_mini.report import text_of  # noqa: E402
 from pns_mini.rewards import FORMAT_REASONS  # noqa: E402
 
@@ -80,8 +80,7 @@ def score_negatives(cfg, out: Path, problems_file: str) -> Path:
         scores["judge"] = JudgeScorer(model, tok).raw(qs, texts) if keys else []
     path = out / "figure1" / "scores.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"group": g, "id": i, **{s: scores[s][k] for s in SCORERS}}) + "\n"
-                            for k, (g, i) in enumerate(keys)))
+    write_jsonl(path, ({"group": g, "id": i, **{s: scores[s][k] for s in SCORERS}} for k, (g, i) in enumerate(keys)))
     return path
 
 
@@ -256,7 +255,7 @@ def write_report(cfg, out: Path, stages: list[dict]) -> Path:
         "--prompts-per-step, --num-generations, --dpo-steps, --eval-benchmarks, --eval-limit. "
         "Settings of this run: experiment.json.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(text))
+    write_atomic(path, "\n".join(text))
     return path
 
 

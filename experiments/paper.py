@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the stage scripts live in the repository root
 
 from pns_mini.config import main_guard, parse_config, save_config  # noqa: E402
-from pns_mini.data import DataError, append_jsonl, iter_jsonl_tolerant, load_problems  # noqa: E402
+from pns_mini.data import DataError, append_jsonl, iter_jsonl_tolerant, load_problems, write_atomic, write_jsonl  # noqa: E402
 
 SOURCES = ("pns", "rejection", "prompted", "perturbed")
 # Sizes per scale. cpu: the run published in docs/results.md (about 2 h on this 2-core machine,
@@ -138,11 +138,10 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 # Stages: each a script's main() with a recorded command line, skipped once finished
 # ---------------------------------------------------------------------------------------------
-def run_stage(out: Path, name: str, script: str, args: list[str]) -> dict:
-    """Run `python <script>.py <args>` in this process unless stages/<name>.json says it finished,
-    with these very arguments (other ones are refused: the finished outputs would not match them)."""
+def run_stage(out: Path, name: str, command: str, run) -> dict:
+    """Call `run()` unless stages/<name>.json says the stage finished as `command` (another command
+    is refused: the finished outputs would not match it); record the command and its time."""
     marker = out / "stages" / f"{name}.json"
-    command = f"python {script}.py " + " ".join(shlex.quote(a) for a in args)
     if marker.exists():
         record = json.loads(marker.read_text())
         if record["command"] != command:
@@ -150,14 +149,20 @@ def run_stage(out: Path, name: str, script: str, args: list[str]) -> dict:
                             f"with the settings in {out / 'experiment.json'} or use a new --output-dir")
         return record
     print(f"\n=== {name}: {command}", flush=True)
-    module = importlib.import_module(script)
     start = time.perf_counter()
-    module.main(parse_config(module.Config, args))
+    run()
     record = {"name": name, "command": command, "seconds": round(time.perf_counter() - start, 1)}
     gc.collect()
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(record))
+    write_atomic(marker, json.dumps(record))
     return record
+
+
+def script_stage(out: Path, name: str, script: str, args: list[str]) -> dict:
+    """`run_stage` of `python <script>.py <args>`, run in this process through the script's main()."""
+    module = importlib.import_module(script)
+    command = f"python {script}.py " + " ".join(shlex.quote(a) for a in args)
+    return run_stage(out, name, command, lambda: module.main(parse_config(module.Config, args)))
 
 
 def split_sizes(cfg: Config) -> dict[str, int]:
@@ -187,9 +192,9 @@ def write_split(cfg: Config, out: Path) -> dict:
         part = problems[start:start + n]
         start += n
         file = out / "problems" / f"{name}.jsonl"
-        file.write_text("".join(json.dumps(p) + "\n" for p in part))
+        write_jsonl(file, part)
         split["files"][name], split["ids"][name] = str(file), [p["id"] for p in part]
-    path.write_text(json.dumps(split))
+    write_atomic(path, json.dumps(split))  # last: a split.json means every problems file is whole
     return split
 
 
@@ -208,7 +213,7 @@ def run_all(cfg: Config, out: Path) -> list[dict]:
     """Stages 0-7 in order; returns the stage records (command, seconds)."""
     split = write_split(cfg, out)
     files, stages = split["files"], []
-    stage = lambda *a: stages.append(run_stage(out, *a))  # noqa: E731
+    stage = lambda *a: stages.append(script_stage(out, *a))  # noqa: E731
 
     # ---- 1-2: two reward models on disjoint problems -----------------------------------------
     for tag, seed in (("a", cfg.seed), ("b", cfg.seed + 1)):
@@ -245,14 +250,9 @@ def run_all(cfg: Config, out: Path) -> list[dict]:
         stage(f"neg-{source}", "synthesize", synth_args(cfg, files["synth"], source, out / f"neg-{source}", extra))
 
     # ---- 5: Figure 1 ------------------------------------------------------------------------
-    if not (out / "stages" / "figure1.json").exists():
-        start = time.perf_counter()
-        from experiments.analysis import score_negatives
-        score_negatives(cfg, out, files["synth"])
-        (out / "stages" / "figure1.json").write_text(json.dumps(
-            {"name": "figure1", "command": "experiments/analysis.py score_negatives: rm-a, rm-b and judge scores",
-             "seconds": round(time.perf_counter() - start, 1)}))
-    stages.append(json.loads((out / "stages" / "figure1.json").read_text()))
+    from experiments.analysis import score_negatives
+    stages.append(run_stage(out, "figure1", "experiments/analysis.py score_negatives: rm-a, rm-b and judge scores",
+                            lambda: score_negatives(cfg, out, files["synth"])))
 
     # ---- 6-7: DPO per source, evaluation of the base and of each adapter ------------------------
     evals = ["--model", cfg.model, "--benchmarks", cfg.eval_benchmarks, "--limit", str(cfg.eval_limit),

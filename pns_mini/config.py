@@ -20,7 +20,6 @@ import ast
 import dataclasses
 import inspect
 import json
-import os
 import sys
 import textwrap
 import types
@@ -139,10 +138,8 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 def save_config(cfg, path: str | Path, **extra) -> None:
     """config.json (the config's fields, then `extra`), written to a temp name and renamed: a kill
     never leaves half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({**dataclasses.asdict(cfg), **extra}, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from .data import write_atomic
+    write_atomic(path, json.dumps({**dataclasses.asdict(cfg), **extra}, indent=2, default=str) + "\n")
 
 
 def main_guard(main, cls, doc):

@@ -25,6 +25,11 @@ ANSWER_INSTRUCTION = r"Please reason step by step, and put your final answer wit
 SYSTEM_PROMPT = "You are a helpful assistant that solves math problems."
 
 
+def final_answer_sentence(answer: str) -> str:
+    r"""The closing sentence of a worked solution: "The final answer is \boxed{18}"."""
+    return f"The final answer is {BOXED_COMMAND}{{{answer}}}"
+
+
 def prompt_text(question: str) -> str:
     """The user message for one problem (question + the answer-format instruction)."""
     return f"{question.strip()}\n{ANSWER_INSTRUCTION}"
@@ -49,14 +54,11 @@ def prompt_messages(question: str) -> list[dict]:
 
 def chat_prompt(tokenizer, messages: list[dict], *, enable_thinking: bool = False) -> str:
     """`messages` through the tokenizer's chat template, the assistant's generation prompt appended.
-
-    enable_thinking goes to the template as TRL's `chat_template_kwargs` would pass it. Qwen3's
-    template reads it: False (our default) appends an empty `<think>\n\n</think>\n\n` block, so
-    the model answers at once; True leaves the turn open and the model writes its own
-    `<think>...</think>` first (grading reads the answer after `</think>`, see grading.py). Templates
-    without the switch (Qwen2.5, Llama 3, SmolLM2) ignore it: their prompt is the same either way.
-    Every message we give is rendered; a template adds its default system turn only when
-    `messages` has none (ours always has one)."""
+    enable_thinking goes to the template as TRL's `chat_template_kwargs` would pass it: Qwen3's
+    appends an empty `<think>\n\n</think>\n\n` block for False (our default: the model answers at
+    once), and for True lets the model think first (grading reads the answer after `</think>`);
+    templates without the switch (Qwen2.5, Llama 3, SmolLM2) ignore it. A template adds its default
+    system turn only when `messages` has none (ours always has one)."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          enable_thinking=enable_thinking)
 
@@ -131,6 +133,9 @@ def iter_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
                 yield row
 
 
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
 def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list[dict]:
     """Rows of a preference JSONL in TRL's format, every row checked; each gets "line" (its line
     number) and "form". Two forms, as TRL's DPOTrainer and RewardTrainer read them:
@@ -144,30 +149,31 @@ def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list
     if not rows:
         raise DataError(f"{path}: no pairs (the file is empty); expected one JSON object a line with "
                         f"{', '.join(repr(k) for k in required)}")
-    message = lambda m: isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)  # noqa: E731
     for row in rows:
         where, implicit = f"{path}:{row['line']}", "prompt" not in row
-        conversational = isinstance(row["chosen"] if implicit else row["prompt"], list)
+        keys = ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected")
+        conversational = isinstance(row[keys[0]], list)  # the prompt's form (implicit: the chosen's) sets the row's
         row["form"] = "conversational" if conversational else "string"
-        for key in ("chosen", "rejected") if implicit else ("prompt", "chosen", "rejected"):
+        for key in keys:
             value = row[key]
             if not conversational:
                 if not isinstance(value, str) or not value.strip():
-                    accepted = "a list of {role, content} messages or a non-empty string" if key == "prompt" \
-                        else "a non-empty string, as the prompt is one (TRL's standard form)"
+                    accepted = ("a list of {role, content} messages or a non-empty string" if key == "prompt"
+                                else "a non-empty string, as the prompt is one (TRL's standard form)")
                     raise DataError(f"{where}: field '{key}' must be {accepted}, got {value!r:.80}")
                 continue
-            ok = isinstance(value, list) and bool(value) and all(message(m) for m in value)
-            if key == "prompt":
-                shape = "[{role, content}, ...]"
-            else:  # the completion: one assistant turn (implicit prompt: the whole conversation, ending in one)
+            ok = isinstance(value, list) and bool(value) and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in value)
+            shape = "[{role, content}, ...]"
+            if key != "prompt":  # the completion: one assistant turn (implicit prompt: a conversation ending in one)
                 ok = ok and (implicit or len(value) == 1) and value[-1]["role"] == "assistant" \
                     and value[-1]["content"].strip() != ""
-                shape = '[..., {"role": "assistant", "content": str}]' if implicit else '[{"role": "assistant", "content": str}]'
+                shape = ('[..., {"role": "assistant", "content": str}]' if implicit
+                         else '[{"role": "assistant", "content": str}]')
             if not ok:
-                raise DataError(f"{where}: field '{key}' must be {shape}, as the "
-                                f"{'chosen' if implicit else 'prompt'} is a message list (TRL's conversational form), "
-                                f"got {value!r:.80}")
+                raise DataError(f"{where}: field '{key}' must be {shape}, as the {keys[0]} is a message list "
+                                f"(TRL's conversational form), got {value!r:.80}")
             # a misspelt role ("sytem", "usr") is not an error to a chat template: it would drop
             # the turn or inject its default system prompt, so the model would train on another prompt
             unknown = next((m["role"] for m in value if m["role"] not in MESSAGE_ROLES), None)
@@ -178,9 +184,6 @@ def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list
             raise DataError(f"{where}: fields 'chosen' and 'rejected' hold the same text: a pair needs two "
                             f"different completions (on this one DPO stays at loss ln 2)")
     return rows
-
-
-MESSAGE_ROLES = ("system", "user", "assistant")
 
 
 def _completion_text(value) -> str:
@@ -200,6 +203,20 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 _appended: dict[str, int] = {}  # rows appended by this process, per file name (for kill_point)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a whole file under a temp name (.NAME.tmp-PID) and rename it: readers see the old file
+    or the new one, never half of one (runs.remove_stale_temps clears a killed write's temp)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Rewrite a JSONL file atomically (`write_atomic`), one row a line."""
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def kill_point(name: str) -> None:
@@ -232,10 +249,9 @@ _MATH_SPAN = r"\$((?:[^$\\]|\\.)*)\$"  # one `$...$` span; `\$` (a dollar sign) 
 
 
 def unwrap_math(text: str) -> str:
-    """Drop `$` delimiters from a gold answer: `"$10-4 n$"` -> `"10-4 n"`, `"$$x$$"` -> `"x"`,
-    and a comma list of spans `"$69$,$84$"` -> `"69, 84"`. A string with prose between spans
-    (`"$x=1$ or $x=2$"`, `"$4$ days"`) is returned stripped but otherwise as it is, because
-    removing only the outer `$` would leave a broken `x=1$ or $x=2`."""
+    """Drop `$` delimiters from a gold answer: `"$10-4 n$"` -> `"10-4 n"`, `"$$x$$"` -> `"x"`, a comma
+    list of spans `"$69$,$84$"` -> `"69, 84"`. Prose between spans (`"$x=1$ or $x=2$"`, `"$4$ days"`)
+    keeps the string whole (stripped): removing the outer `$` would leave a broken `x=1$ or $x=2`."""
     s = text.strip()
     single = s[1:-1] if len(s) > 4 and s.startswith("$$") and s.endswith("$$") else s  # $$x$$ -> $x$
     if re.fullmatch(rf"{_MATH_SPAN}(?:\s*,\s*{_MATH_SPAN})*", single):
@@ -263,6 +279,15 @@ def _gsm8k_final(solution: str) -> str:
     if "#### " not in solution:
         raise DataError("field 'answer' has no '#### ' final-answer line")
     return solution.rsplit("#### ", 1)[1].strip().replace(",", "")
+
+
+def gsm8k_solution_to_boxed(solution: str) -> str:
+    r"""A GSM8K reference solution in our answer format (a verified-correct "chosen" answer):
+    calculator annotations `<<48/2=24>>` removed and the final `#### 72` line replaced by
+    `final_answer_sentence` ("The final answer is \boxed{72}", commas dropped as in the gold)."""
+    gold = _gsm8k_final(solution)  # a DataError (a ValueError) without a '#### ' line
+    body = re.sub(r"<<[^<>]*>>", "", solution.rpartition("#### ")[0]).rstrip()
+    return f"{body}\n{final_answer_sentence(gold)}"
 
 
 def _boxed_gold(solution: str, field: str) -> str:
@@ -358,7 +383,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     _benchmark("aime24", 30, _integer_answer_row, "id", ("HuggingFaceH4/aime_2024", None, "train")),
     _benchmark("amc23", 40, _integer_answer_row, "id", ("math-ai/amc23", None, "test")),
 )}
-ALL_BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "college_math", "aime24", "amc23")
+ALL_BENCHMARKS = tuple(BENCHMARKS)  # in the table's order
 GSM8K_TRAIN = Benchmark("gsm8k_train", "train/gsm8k/train.jsonl", 7473, _gsm8k_row, None,
                         ("openai/gsm8k", "main", "train"))
 
@@ -394,13 +419,6 @@ def _rows_from_hub(spec: Benchmark, tried: list[Path]) -> list[dict]:
                         f"{type(e).__name__}: {e}") from e
 
 
-def _nonblank_line_number(path: Path, k: int) -> int:
-    """The line number of the k-th (0-based) non-blank line, as read_jsonl counts rows."""
-    with open(path, encoding="utf-8") as f:
-        rows = (n for n, line in enumerate(f, 1) if line.strip())
-        return next(n for i, n in enumerate(rows) if i == k)
-
-
 def load_benchmark(name: str, data_dir: str | os.PathLike | None = None) -> list[dict]:
     """Problems of one benchmark (or "gsm8k_train") as {id, question, gold[, solution]} dicts,
     in file order. Reads <data dir>/<spec.file>; only when no such file exists anywhere searched
@@ -410,38 +428,19 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None) -> list
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(ALL_BENCHMARKS)}, {GSM8K_TRAIN.name}")
     tried = [d / spec.file for d in data_dirs(data_dir)]
     path = next((p for p in tried if p.is_file()), None)
-    rows = read_jsonl(path) if path else _rows_from_hub(spec, tried)
+    rows = read_jsonl(path, line_key="line") if path else _rows_from_hub(spec, tried)
 
     upstream_ids = [row.get(spec.id_field) for row in rows] if spec.id_field else [None]
     use_upstream = None not in upstream_ids and len(set(upstream_ids)) == len(rows)
     problems = []
     for k, row in enumerate(rows):
+        where = f"{path}:{row.pop('line')}" if path else f"{spec.hub[0]} row {k}"  # popped: not an upstream field
         try:
             fields = spec.convert(row)
         except DataError as e:
-            where = f"{path}:{_nonblank_line_number(path, k)}" if path else f"{spec.hub[0]} row {k}"
             raise DataError(f"{where}: {e}") from None
         problems.append({"id": f"{spec.name}/{upstream_ids[k] if use_upstream else k}", **fields})
     return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# GSM8K reference solutions in our answer format (a verified-correct "chosen" answer).
-# ---------------------------------------------------------------------------------------------
-def final_answer_sentence(answer: str) -> str:
-    r"""The closing sentence of a worked solution: "The final answer is \boxed{18}"."""
-    return f"The final answer is {BOXED_COMMAND}{{{answer}}}"
-
-
-def gsm8k_solution_to_boxed(solution: str) -> str:
-    r"""A GSM8K reference solution in our answer format: calculator annotations `<<48/2=24>>`
-    removed and the final `#### 72` line replaced by "The final answer is \boxed{72}"
-    (commas dropped from the number, as in the gold)."""
-    body, sep, _ = solution.rpartition("#### ")
-    if not sep:
-        raise ValueError("not a GSM8K solution: no '#### ' final-answer line")
-    body = re.sub(r"<<[^<>]*>>", "", body).rstrip()
-    return f"{body}\n{final_answer_sentence(_gsm8k_final(solution))}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,52 +601,38 @@ def offline_problems(n: int = 200, seed: int = 0) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # One entry point for every script.
 # ---------------------------------------------------------------------------------------------
-PROBLEM_FIELDS = ("id", "question", "gold")  # a user JSONL needs these; "solution" is optional
-
-
-def _user_problem(row: dict) -> dict:
-    """One row of a user's problems file, checked: `id` a string or an int, the rest non-empty strings."""
-    pid = row["id"]
-    if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid).strip() == "":
-        raise DataError(f"field 'id' must be a non-empty string or an integer, got {pid!r:.60}")
-    for key in ("question", "gold", "solution"):
-        if key in row and (not isinstance(row[key], str) or not row[key].strip()):
-            raise DataError(f"field '{key}' must be a non-empty string, got {row[key]!r:.60}")
-    problem = {"id": str(pid), "question": row["question"], "gold": row["gold"].strip()}
-    if "solution" in row:
-        problem["solution"] = row["solution"]
-    return problem
-
-
 def load_problems_jsonl(path: str | os.PathLike) -> list[dict]:
-    """A user's JSONL of {id, question, gold[, solution]} rows; other fields are ignored and ids
-    must be unique. A bad row raises DataError("FILE:LINE: field ...")."""
+    """A user's JSONL of {id, question, gold[, solution]} rows: `id` a string or an integer, the
+    rest non-empty strings; other fields are ignored and ids must be unique. A bad row raises
+    DataError("FILE:LINE: field ...")."""
     path = Path(path)
-    rows = read_jsonl(path, required=PROBLEM_FIELDS)
-    problems, first_row = [], {}
-    for k, row in enumerate(rows):
-        try:
-            problem = _user_problem(row)
-            if problem["id"] in first_row:
-                raise DataError(f"field 'id' {problem['id']!r} repeats line "
-                                f"{_nonblank_line_number(path, first_row[problem['id']])}")
-        except DataError as e:
-            raise DataError(f"{path}:{_nonblank_line_number(path, k)}: {e}") from None
-        first_row[problem["id"]] = k
+    problems, first_line = [], {}
+    for row in read_jsonl(path, required=("id", "question", "gold"), line_key="line"):
+        where, pid = f"{path}:{row['line']}", row["id"]
+        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid).strip() == "":
+            raise DataError(f"{where}: field 'id' must be a non-empty string or an integer, got {pid!r:.60}")
+        for key in ("question", "gold", "solution"):
+            if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+                raise DataError(f"{where}: field '{key}' must be a non-empty string, got {row[key]!r:.60}")
+        problem = {"id": str(pid), "question": row["question"], "gold": row["gold"].strip()}
+        if "solution" in row:
+            problem["solution"] = row["solution"]
+        if problem["id"] in first_line:
+            raise DataError(f"{where}: field 'id' {problem['id']!r} repeats line {first_line[problem['id']]}")
+        first_line[problem["id"]] = row["line"]
         problems.append(problem)
     return problems
 
 
 def load_problems(source: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
                   seed: int = 0) -> list[dict]:
-    """Problems as {id, question, gold} dicts (plus "solution" where the source has a worked one:
-    offline, gsm8k, gsm8k_train, math500, minerva_math, a JSONL that gives it).
+    """Problems as {id, question, gold} dicts, plus "solution" where the source has a worked one
+    (offline, gsm8k, gsm8k_train, math500, minerva_math, a JSONL that gives it).
 
     source: "offline" (generated, no files), a benchmark name (see ALL_BENCHMARKS), "gsm8k_train",
         or a path to a JSONL of {id, question, gold} rows.
     data_dir: folder holding benchmarks/ and train/ (default: $PNS_MINI_DATA, ../shared/data, ./data).
-    limit: keep the first `limit` problems, in file order (deterministic); None keeps all
-        (for "offline": 200).
+    limit: the first `limit` problems, in file order; None: all (200 for "offline").
     seed: only for "offline": which generated problems."""
     if limit is not None and limit < 0:
         raise DataError(f"--limit must be >= 0 or none, got {limit}")

@@ -6,34 +6,23 @@ grouping `losses.group_advantages` expects.
 Two engines draw from the SAME distribution (softmax(logits / temperature), cut to the nucleus
 `top_p`; greedy at temperature 0) and nothing else:
 
-* "loop" (the default): our own decode loop over transformers' model and cache classes,
-  written for the shapes PNS samples (G completions of each prompt):
-  1. each distinct prompt is prefilled ONCE and its cache copied to its `num_samples` rows
-     (`Cache.reorder_cache` with each row's prompt index): the same arithmetic as prefilling it
-     G times;
-  2. a row that has emitted EOS leaves the decode batch (`reorder_cache` with the live rows), so
-     a batch costs what its rows' lengths cost, not G x its longest row;
-  3. the KV cache is transformers' `StaticCache`, allocated once at prompt + max_new_tokens and
-     written in place, instead of a `DynamicCache` that concatenates every layer's keys and
-     values at every step (the same tokens; ~20% of a CPU decode step at batch 8);
-  4. a LoRA adapter on a full-precision base is merged into copies of the base weights for the
-     rollout and the originals put back afterwards (`merged_lora`), so one decode step costs one
-     matmul per weight instead of three; see `merged_lora` for the float error;
-  5. each row draws from its own `torch.Generator`, seeded from its prompt's seed and its sample
-     index, so a row's tokens do not depend on which other rows share its batch.
+* "loop" (the default, `_decode_group`): our own decode loop over transformers' model and cache
+  classes, written for the shapes PNS samples (G completions of each prompt): each distinct
+  prompt is prefilled ONCE and its cache copied to its G rows; a row that has emitted EOS leaves
+  the decode batch, so a batch costs what its rows' lengths cost, not G x its longest row; the KV
+  cache is a `StaticCache` written in place; a LoRA adapter on a full-precision base is merged
+  into the weights for the rollout (`merged_lora`), one matmul per weight instead of three; and
+  each row draws from its own `torch.Generator` (`row_seeds`), so a row's tokens do not depend
+  on which other rows share its batch.
 * "generate": transformers' `generate` (the baseline of benchmarks/generation.py, and the path
   for `use_cache=False`).
 
-The model folder's own `generation_config.json` never applies. Real instruct models ship logits
+The model folder's own `generation_config.json` never applies: real instruct models ship logits
 processors there (Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20, top_p 0.8, temperature
-0.7; others no_repeat_ngram_size, min_length, suppress_tokens, bad_words_ids...). transformers
-fills every field a `GenerationConfig` leaves unset from that file, so a rollout would sample
-from a processed distribution that `modeling.token_logprobs` does not score: the GRPO ratio, the
-KL and the policy gradient would all be off, and "greedy" evaluation would not be greedy. The
-loop applies only temperature and top_p by construction; the `generate` path runs with the
-model's generation config swapped for a blank one that keeps only its EOS / pad / BOS ids, so
-every processor and warper is off (`repetition_penalty` 1, `top_k` 0, no n-gram ban, no minimum
-length, no suppressed or forced tokens) except the two we set.
+0.7; others no_repeat_ngram_size, min_length, suppress_tokens...) and transformers fills every
+unset `GenerationConfig` field from it, so a rollout would sample from a distribution that
+`modeling.token_logprobs` does not score (GRPO ratio, KL and policy gradient all off, "greedy"
+evaluation not greedy). The loop applies only temperature and top_p; `_generate_rows` blanks it.
 """
 from __future__ import annotations
 
@@ -85,12 +74,9 @@ def eos_token_ids(tokenizer, model=None) -> list[int]:
 
 
 def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) ids -> (mask (N, T) long, truncated (N,) bool).
-
-    mask[i, t] = 1 for t <= position of the first EOS in row i (the EOS itself is kept, so the
-    model is trained to stop), 0 after. A row without EOS is all ones and `truncated`. Built from
-    positions, not from token == pad: pad may equal EOS.
-    """
+    """(N, T) ids -> (mask (N, T) long, truncated (N,) bool). mask[i, t] = 1 for t <= the position
+    of the first EOS in row i (the EOS is kept, so the model is trained to stop), 0 after; a row
+    without EOS is all ones and `truncated`. Built from positions, not token == pad: pad may be EOS."""
     is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))  # (N, T)
     has_eos = is_eos.any(dim=1)  # (N,)
     T = completion_ids.shape[1]
@@ -112,11 +98,11 @@ def left_pad(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def right_pad(rows, pad_id: int) -> torch.Tensor:
-    """1-D token tensors -> (B, max length), padded on the right with pad_id."""
-    out = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+def right_pad(rows, pad, dtype=torch.long) -> torch.Tensor:
+    """Rows (lists or 1-D tensors) -> (B, max length), padded on the right with `pad`."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=dtype)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, :len(r)] = torch.as_tensor(r, dtype=dtype)
     return out
 
 
@@ -144,13 +130,12 @@ def can_merge_lora(model) -> bool:
 def merged_lora(model):
     """Inside: every active LoRA layer's base weight is REPLACED by a new tensor W + scale * B @ A
     and the adapter branch is off (peft's `disable_adapter`), so a forward is one matmul per
-    weight; on exit the original weight tensors are put back untouched (not "unmerged" by
-    subtraction, which would drift by a rounding error per rollout). Costs one extra copy of the
-    adapted weights while it lasts. A no-op where `can_merge_lora` is False.
-
-    Float error: x @ (W + dW)^T rounds differently from x @ W^T + (x @ A^T) @ B^T. In fp32 the
-    log-probs differ by ~1e-6 (tests/test_generation.py bounds it at 1e-4 against the unmerged
-    `token_logprobs` of the same rows), far below the GRPO ratio's clip range."""
+    weight; on exit the original tensors are put back untouched (not "unmerged" by subtraction,
+    which would drift by a rounding error per rollout). Costs one copy of the adapted weights while
+    it lasts; a no-op where `can_merge_lora` is False. Float error: x @ (W + dW)^T rounds
+    differently from x @ W^T + (x @ A^T) @ B^T; in fp32 the log-probs differ by ~1e-6
+    (tests/test_generation.py bounds it at 1e-4 against the unmerged `token_logprobs`), far below
+    the GRPO ratio's clip range."""
     if not can_merge_lora(model):
         yield model
         return
@@ -183,12 +168,6 @@ def row_seeds(seed: int | list[int] | None, num_prompts: int, num_samples: int) 
     return [zlib.crc32(f"{s}/{j}".encode()) for s in prompt_seeds for j in range(num_samples)]
 
 
-def sampling_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, V) logits -> (B, V) fp32 log-probs of softmax(logits / temperature); temperature 0
-    (greedy) scores at temperature 1. The distribution `token_logprobs` scores."""
-    return torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
-
-
 def next_tokens(logprobs: torch.Tensor, temperature: float, top_p: float, generators: list | None) -> torch.Tensor:
     """(B, V) log-probs -> (B,) token ids: the argmax when temperature is 0; else a draw from the
     distribution cut to its nucleus: the smallest set of most likely tokens whose probability
@@ -218,7 +197,7 @@ def next_tokens(logprobs: torch.Tensor, temperature: float, top_p: float, genera
 # ---------------------------------------------------------------------------------------------
 def _decode_group(model, prompts: list[torch.Tensor], n: int, *, temperature: float, top_p: float,
                   max_new_tokens: int, eos: list[int], pad_id: int, generators: list | None,
-                  device, cache_implementation: str = "static") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                  device, cache_implementation: str) -> tuple[list[list[int]], list[list[float]]]:
     """Sample n completions of each prompt (1-D id tensors). Returns per row (prompt-major) its
     tokens and their log-probs, each cut after the first EOS."""
     from transformers import DynamicCache, StaticCache
@@ -226,9 +205,9 @@ def _decode_group(model, prompts: list[torch.Tensor], n: int, *, temperature: fl
     ids, mask = left_pad(prompts, pad_id)  # (P, L)
     ids, mask = ids.to(device), mask.to(device)
     # A static cache is allocated once at its final length and written in place; a DynamicCache
-    # concatenates every layer's keys and values at every step (~20% of a CPU decode step).
-    cache = (StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens) if cache_implementation == "static"
-             else DynamicCache(config=model.config))
+    # concatenates every layer's keys and values at every step (~20% of a CPU decode step at batch 8).
+    cache = (StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
+             if cache_implementation == "static" else DynamicCache(config=model.config))
     # Prefill each distinct prompt once; logits of the last position only.
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                 cache=cache, use_cache=True, logits_to_keep=1)
@@ -238,13 +217,13 @@ def _decode_group(model, prompts: list[torch.Tensor], n: int, *, temperature: fl
     mask = mask[expand]  # (B, L) attention mask of the live rows
     live = torch.arange(len(prompts) * n, device=device)  # original row of each live row
     eos_t = torch.tensor(eos, device=device)
-    tokens, logps = [], []  # per step: (B_live,) tokens and log-probs, with `live` at that step
+    steps = []  # per step: (live, (B,) tokens, (B,) their log-probs)
     for step in range(max_new_tokens):
-        lp = sampling_logprobs(logits, temperature)  # (B, V) fp32
+        # (B, V) fp32: the distribution token_logprobs scores (greedy scores at temperature 1)
+        lp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
         gens = None if generators is None else [generators[i] for i in live.tolist()]
         tok = next_tokens(lp, temperature, top_p, gens)  # (B,)
-        tokens.append((live, tok))
-        logps.append(lp.gather(-1, tok[:, None]).squeeze(-1))
+        steps.append((live, tok, lp.gather(-1, tok[:, None]).squeeze(-1)))
         keep = ~torch.isin(tok, eos_t)  # rows still writing
         if step == max_new_tokens - 1 or not keep.any():
             break
@@ -256,35 +235,22 @@ def _decode_group(model, prompts: list[torch.Tensor], n: int, *, temperature: fl
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                     cache=cache, use_cache=True)
         logits = out.logits[:, -1]  # (B, V)
-    # Reassemble rows from the per-step (live rows, tokens) records.
-    B = len(prompts) * n
-    rows_tok = [[] for _ in range(B)]
-    rows_lp = [[] for _ in range(B)]
-    for (rows, tok), lp in zip(tokens, logps):
+    # Reassemble rows from the per-step records.
+    rows_tok = [[] for _ in range(len(prompts) * n)]
+    rows_lp = [[] for _ in range(len(prompts) * n)]
+    for rows, tok, lp in steps:
         for r, t, l in zip(rows.tolist(), tok.tolist(), lp.tolist()):
             rows_tok[r].append(t)
             rows_lp[r].append(l)
-    return ([torch.tensor(t, dtype=torch.long) for t in rows_tok],
-            [torch.tensor(l, dtype=torch.float32) for l in rows_lp])
-
-
-@contextlib.contextmanager
-def _blank_generation_config(model, eos: list[int], pad_id: int):
-    """Inside: the model's generation config is a blank GenerationConfig with only its EOS, pad and
-    BOS ids, so `generate` can fill nothing from the model folder's generation_config.json."""
-    from transformers import GenerationConfig
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = inner.generation_config
-    inner.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad_id,
-                                               bos_token_id=getattr(saved, "bos_token_id", None))
-    try:
-        yield
-    finally:
-        inner.generation_config = saved
+    return rows_tok, rows_lp
 
 
 def _generate_rows(model, rows: list[torch.Tensor], *, temperature, top_p, max_new_tokens, eos, pad_id,
                    use_cache, device) -> list[torch.Tensor]:
+    """`generate` on left-padded rows -> each row's completion tokens. The model's generation config
+    is swapped for a blank one with only its EOS, pad and BOS ids meanwhile, so nothing is filled in
+    from the folder's generation_config.json: every processor and warper is off (repetition_penalty
+    1, top_k 0, no n-gram ban, no minimum length, no suppressed or forced tokens) but ours."""
     from transformers import GenerationConfig
     greedy = temperature == 0
     gen_config = GenerationConfig(
@@ -293,8 +259,14 @@ def _generate_rows(model, rows: list[torch.Tensor], *, temperature, top_p, max_n
         repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
         eos_token_id=eos, pad_token_id=pad_id, use_cache=use_cache)
     ids, mask = left_pad(rows, pad_id)
-    with _blank_generation_config(model, eos, pad_id):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad_id,
+                                               bos_token_id=getattr(saved, "bos_token_id", None))
+    try:
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config)
+    finally:
+        inner.generation_config = saved
     return list(out[:, ids.shape[1]:].cpu())
 
 
@@ -304,15 +276,12 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temper
            batch_size: int | None = None, use_cache: bool = True, engine: str = "loop",
            merge_lora: bool = True, cache_implementation: str = "static") -> Completions:
     """Sample `num_samples` completions for each prompt string (already chat-templated, see
-    `data.format_prompt`). temperature 0 means greedy. Rows are generated about `batch_size` at a
-    time (whole prompts with all their samples; default: all). `seed`: an int, or one per prompt
-    (see `row_seeds`); None draws from the global RNG. engine "loop" (the module docstring) or
-    "generate"; `use_cache=False` means `generate` without a KV cache (the slow baseline).
-    merge_lora: merge the adapter into the weights for the rollout where that is exact to fp32
-    rounding (`merged_lora`). cache_implementation (loop engine): "static" (transformers'
-    StaticCache, allocated once at prompt + max_new_tokens and written in place) or "dynamic"
-    (DynamicCache, grown by concatenation every step); the same tokens either way. Returns rows
-    on the CPU.
+    `data.format_prompt`); rows on the CPU. temperature 0 means greedy. Rows are generated about
+    `batch_size` at a time (whole prompts with all their samples; default: all). `seed`: an int,
+    or one per prompt (`row_seeds`); None draws from the global RNG. engine: "loop" or "generate"
+    (the module docstring); `use_cache=False` means `generate` without a KV cache (the slow
+    baseline). merge_lora: see `merged_lora`. cache_implementation (loop engine): "static" or
+    "dynamic" (DynamicCache); the same tokens either way.
     """
     if engine not in ("loop", "generate"):
         raise ValueError(f"engine must be 'loop' or 'generate', got {engine!r}")
@@ -343,10 +312,8 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temper
                                                   temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                                   eos=eos, pad_id=pad_id, use_cache=use_cache, device=device)
                     continue
-                gens = None
-                if seeds is not None:
-                    gens = [torch.Generator(device=device).manual_seed(s)
-                            for s in seeds[start * n:(start + len(group)) * n]]
+                gens = None if seeds is None else [torch.Generator(device=device).manual_seed(s)
+                                                  for s in seeds[start * n:(start + len(group)) * n]]
                 toks, lps = _decode_group(model, group, n, temperature=temperature, top_p=top_p,
                                           max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id,
                                           generators=gens, device=device, cache_implementation=cache_implementation)
@@ -355,15 +322,11 @@ def sample(model, tokenizer, prompts: list[str], *, num_samples: int = 1, temper
     finally:
         model.train(was_training)
 
-    completion_ids = right_pad(completions, pad_id)
+    completion_ids = right_pad(completions, pad_id)  # (N, T)
     completion_mask, truncated = completion_mask_from_eos(completion_ids, eos)
     # Rows shorter than T stopped at an EOS, so the padding never lands inside a mask.
     prompt_ids, prompt_mask = left_pad([encoded[i] for i in prompt_index], pad_id)
     texts = tokenizer.batch_decode([c[m.bool()] for c, m in zip(completion_ids, completion_mask)],
                                    skip_special_tokens=True)
-    lp = None
-    if logprobs:
-        lp = torch.zeros(completion_ids.shape, dtype=torch.float32)
-        for i, row in enumerate(logprobs):
-            lp[i, :len(row)] = row
+    lp = right_pad(logprobs, 0.0, torch.float32) if logprobs else None  # (N, T): a row's log-probs match its tokens
     return Completions(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, texts, prompt_index, lp)

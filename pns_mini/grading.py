@@ -1,19 +1,13 @@
 """Answer extraction and equivalence: is a model's final answer the gold answer?
 
-Model text is untrusted input, so grading is deterministic, bounded and safe:
-
-* Boxes: `find_boxes` is the package's one `\\boxed{}` scanner; `last_boxed` (gold solutions, via
-  pns_mini.data), `extract_answer`, `final_boxes`, `boxes_of` and rewards' format rule read it.
-* `extract_answer`: the last box, else `#### N`, else "the answer is X" / "Final Answer: X". A
-  last bare number is never taken: a negative generator must not score with a guess lying around.
-  extraction="strict" (default: reward, synthesis) or "eval" (evaluate.py, as Qwen2.5-Math and
-  Math-Verify read answers).
-* `grade_answer` compares cheapest first: normalised strings; numbers, sets and tuples of numbers
-  with `fractions.Fraction` (no sympy, well under a millisecond); then Math-Verify's LaTeX parser
-  (never `parse_expr`, i.e. `eval`) in a worker process killed and restarted past
-  `WORKER_TIMEOUT_S`. Code-looking, huge and deeply nested answers are refused before it.
-* Every failure (too long, refused, not parsed, timeout, crash, sympy error) is "unparseable" and
-  counted in `STATS`, never "wrong": "wrong" needs an answer every check compared unequal.
+Model text is untrusted input, so grading is deterministic, bounded and safe. `extract_answer`
+reads the final answer (never a last bare number: a negative generator must not score with a guess
+lying around); `find_boxes` is the package's one `\\boxed{}` scanner. `grade_answer` refuses long,
+code-looking, huge and deeply nested answers up front, then compares cheapest first: normalised
+strings; numbers, sets and tuples of numbers with `fractions.Fraction` (no sympy); Math-Verify's
+LaTeX parser (never `parse_expr`, i.e. `eval`) in a worker process killed past `WORKER_TIMEOUT_S`.
+Every failure is "unparseable" and counted in `STATS`, never "wrong": "wrong" needs an answer that
+every check compared unequal.
 
 Equivalence choices (each one is a row of tests/test_grading.py):
 
@@ -154,11 +148,11 @@ _MAX_JOINED_BOXES = 20  # a find-all answer lists a few parts, not hundreds
 def box_gap(gap: str) -> str:
     """What the text between two boxes makes of them: "list" (parts of one answer), "alternatives"
     (an "or") or "" (any other text: separate answers, e.g. a revision)."""
-    if len(gap) <= _MAX_BOX_GAP and _BOX_GAP.fullmatch(gap):
+    if len(gap) > _MAX_BOX_GAP:
+        return ""
+    if _BOX_GAP.fullmatch(gap):
         return "list"
-    if len(gap) <= _MAX_BOX_GAP and _ALTERNATIVE_GAP.fullmatch(gap):
-        return "alternatives"
-    return ""
+    return "alternatives" if _ALTERNATIVE_GAP.fullmatch(gap) else ""
 
 
 def final_boxes(text: str) -> list[str]:
@@ -226,7 +220,7 @@ def answer_turn(text: str) -> str:
     return ""
 
 
-def _tidy(answer: str, punctuation: str = "") -> str | None:
+def _tidy(answer: str, punctuation: str) -> str | None:
     """Strip spaces and trailing `punctuation` (prose drops its full stop; `\\boxed{5!}` keeps
     its `!`); "" becomes None."""
     return answer.strip().rstrip(punctuation).strip() or None
@@ -259,9 +253,8 @@ def _stated_answer(text: str, phrase: re.Match, extraction: str) -> str | None:
     if re.match(r"(?:not|no|unknown|undefined)\b|\\f?box", clause, re.IGNORECASE):
         return None  # "the answer is not 5"; "the answer is \box" (cut off, not a box find_boxes reads)
     results = list(_RESULT_WORD.finditer(clause))
-    if results and re.match(r"[A-Za-z]{2}", clause):  # a sentence: "the total ... is 18"
-        after = _math_answer(clause[results[-1].end() :])
-        clause = clause[results[-1].end() :] if after else clause
+    if results and re.match(r"[A-Za-z]{2}", clause) and _math_answer(clause[results[-1].end() :]):
+        clause = clause[results[-1].end() :]  # a sentence: "the total ... is 18"
     tokens = clause.split()
     if tokens and _number(_clean(tokens[0].rstrip(".,;:!"))) is not None \
             and not re.search(r"[\d\\=+*/^]", " ".join(tokens[1:])):
@@ -273,9 +266,8 @@ def _last_statement(text: str, extraction: str, after: int = 0) -> str | None:
     """The answer of the last answer phrase at or after position `after` that states one."""
     phrases = [m for m in (_EVAL_ANSWER_PHRASE if extraction == "eval" else _ANSWER_PHRASE).finditer(text)
                if m.start() >= after]
-    if extraction == "strict":  # only the last phrase counts: "the answer is not 5" ends it
-        return _stated_answer(text, phrases[-1], extraction) if phrases else None
-    for phrase in reversed(phrases[-_MAX_JOINED_BOXES:]):  # the last 20 phrases: bounded time
+    # strict: only the last phrase counts ("the answer is not 5" ends it); eval: the last 20 (bounded time)
+    for phrase in reversed(phrases[-1:] if extraction == "strict" else phrases[-_MAX_JOINED_BOXES:]):
         answer = _stated_answer(text, phrase, extraction)
         if answer is not None:
             return answer
@@ -342,16 +334,10 @@ _TEXT_UNIT = re.compile(r"\s*\\(?:text|mbox|mathrm|textrm|rm)\s*\{[^{}]*\}(?:\s*
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mbox|mathrm|textrm)\s*\{([^{}]*)\}")
 _WORD_UNIT = re.compile(r"([+-]?[\d.,/]+)\s+[A-Za-z]{2,}\.?(?:\s+[A-Za-z]{2,}\.?)?")
 _MATH_WORDS = {"pi", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "mod", "and", "or"}
-# Plain words ("five", "cat", "Sunday"). Math-Verify reads a word as a product of letters
-# (f*i*v*e), so a word against a gold that is not a word is not an answer it can judge.
+# Plain words ("five", "Sunday"): Math-Verify would read a product of letters (f*i*v*e).
 _WORDS = re.compile(r"(?=.*[A-Za-z]{3})[A-Za-z ]+")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _ASSIGNMENT = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(.+)", re.DOTALL)
-
-
-def _nesting(s: str) -> int:
-    """The deepest nesting of (), [] and {} in s."""
-    return max(itertools.accumulate((ch in "([{") - (ch in ")]}") for ch in s), default=0)
 
 
 def _clean(s: str) -> str:
@@ -396,15 +382,11 @@ def _split_top_level(s: str) -> list[str]:
     """Split at commas that are not inside brackets or braces."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(s):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
             parts.append(s[start:i])
             start = i + 1
-    parts.append(s[start:])
-    return parts
+    return parts + [s[start:]]
 
 
 def _parts(s: str) -> list[str]:
@@ -587,7 +569,7 @@ class _Worker:
         self.buffer, self.ready = b"", False
 
     def read_line(self, timeout_s: float) -> bytes | None:
-        """The next line from the worker, or None after timeout_s. EOFError if the worker died."""
+        """The next line from the worker; None after timeout_s, b"" if the worker died."""
         deadline = time.monotonic() + timeout_s
         while b"\n" not in self.buffer:
             left = deadline - time.monotonic()
@@ -595,7 +577,7 @@ class _Worker:
                 return None
             chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
             if not chunk:
-                raise EOFError("grading worker exited")
+                return b""
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
@@ -622,10 +604,7 @@ def _ready_worker() -> _Worker:
     if _WORKER is None or _WORKER.owner_pid != os.getpid():
         _WORKER = _Worker()
     if not _WORKER.ready:
-        try:
-            line = _WORKER.read_line(WORKER_START_TIMEOUT_S)
-        except EOFError:
-            line = b""
+        line = _WORKER.read_line(WORKER_START_TIMEOUT_S)
         if line != b"ready":
             _WORKER.kill()
             _WORKER = None
@@ -643,6 +622,7 @@ def warm_up() -> None:
         _ready_worker()
 
 
+@atexit.register
 def shutdown_worker() -> None:
     """Stop the worker (also done at exit). The next comparison that needs it starts a new one."""
     global _WORKER
@@ -650,9 +630,6 @@ def shutdown_worker() -> None:
         if _WORKER is not None and _WORKER.owner_pid == os.getpid():
             _WORKER.kill()
         _WORKER = None
-
-
-atexit.register(shutdown_worker)
 
 
 def _ask_worker(answer: str, gold: str) -> tuple[Verdict, str]:
@@ -665,11 +642,11 @@ def _ask_worker(answer: str, gold: str) -> tuple[Verdict, str]:
         try:
             worker.proc.stdin.write((json.dumps({"answer": answer, "gold": gold}) + "\n").encode())
             line = worker.read_line(WORKER_TIMEOUT_S)
-            failure = "timeout" if line is None else ""
-        except (EOFError, BrokenPipeError):
-            failure = "worker_crash"
-        if failure:
-            _count("worker_timeouts" if failure == "timeout" else "worker_crashes")
+        except BrokenPipeError:
+            line = b""
+        if not line:
+            failure = "timeout" if line is None else "worker_crash"
+            _count("worker_timeouts" if line is None else "worker_crashes")
             worker.kill()
             _WORKER = _Worker()
             return "unparseable", failure
@@ -691,7 +668,8 @@ def _compare(answer: str, gold: str) -> tuple[Verdict, str]:
     if _UNSAFE.search(answer):
         _count("unsafe")
         return "unparseable", "unsafe"
-    if _TOO_BIG.search(answer) or _nesting(answer) > _MAX_NESTING:
+    nesting = max(itertools.accumulate((ch in "([{") - (ch in ")]}") for ch in answer), default=0)
+    if _TOO_BIG.search(answer) or nesting > _MAX_NESTING:
         _count("too_big")
         return "unparseable", "too_big"
     answer, gold = _clean(answer), _clean(gold)
@@ -704,8 +682,7 @@ def _compare(answer: str, gold: str) -> tuple[Verdict, str]:
     if fast is not None:
         _count("fast_number")
         return fast, "number"
-    answer_text, gold_text = _TEXT_WRAP.sub(r"\1", answer), _TEXT_WRAP.sub(r"\1", gold)
-    if _WORDS.fullmatch(answer_text) and not _WORDS.fullmatch(gold_text):
+    if _WORDS.fullmatch(_TEXT_WRAP.sub(r"\1", answer)) and not _WORDS.fullmatch(_TEXT_WRAP.sub(r"\1", gold)):
         _count("words")
         return "unparseable", "words"
     return _ask_worker(answer, gold)

@@ -47,10 +47,6 @@ class ModelLoadError(RuntimeError):
     """A model name that could not be loaded; the message lists what was tried."""
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("PNS_MINI_CACHE", "~/.cache/pns-mini")).expanduser()
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,7 +72,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
 def embedded_model_dir(alias: str = DEFAULT_MODEL) -> Path:
     """The cached safetensors folder for an embedded alias, converting the GGUF on first use."""
     package, filename = EMBEDDED_MODELS[alias]
-    target = cache_root() / alias
+    target = Path(os.environ.get("PNS_MINI_CACHE", "~/.cache/pns-mini")).expanduser() / alias
     if (target / "config.json").exists():
         return target
     spec = importlib.util.find_spec(package)  # finds the folder without running the package
@@ -135,20 +131,11 @@ def resolve_model_path(name_or_path: str) -> tuple[str, str | None]:
     return (str(path) if path.is_dir() else name_or_path), None
 
 
-def load_model_and_tokenizer(
-    name_or_path: str = DEFAULT_MODEL,
-    *,
-    adapter: str | None = None,
-    load_in_4bit: bool = False,
-    lora_r: int = 0,
-    lora_alpha: int = 32,
-    lora_dropout: float = 0.0,
-    gradient_checkpointing: bool = False,
-    device: str = "auto",
-    dtype: str | torch.dtype = "auto",
-    num_labels: int | None = None,
-    trainable: bool | None = None,
-):
+def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, *, adapter: str | None = None,
+                             load_in_4bit: bool = False, lora_r: int = 0, lora_alpha: int = 32,
+                             lora_dropout: float = 0.0, gradient_checkpointing: bool = False, device: str = "auto",
+                             dtype: str | torch.dtype = "auto", num_labels: int | None = None,
+                             trainable: bool | None = None):
     """Return (model, tokenizer).
 
     name_or_path: the alias `smollm2-135m`, a local `save_pretrained` folder, an adapter folder
@@ -161,20 +148,19 @@ def load_model_and_tokenizer(
     num_labels: load AutoModelForSequenceClassification with that many labels (reward models).
     trainable: whether a loaded adapter is trainable (default: when lora_r > 0).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     _KERNELS_NOTICE.four_bit_on_cpu |= load_in_4bit and dev.type == "cpu"
-    tried = []
     base_path, adapter_from_name = resolve_model_path(name_or_path)
     adapter = adapter or adapter_from_name
     if adapter and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
         what = "no such folder" if not Path(adapter).expanduser().is_dir() else "no adapter_config.json in it"
         raise ModelLoadError(f"adapter '{adapter}': {what} (expected a LoRA folder saved by a training script, "
                              f"e.g. runs/dpo/final)")
-    tried.append(f"alias '{name_or_path}'" if name_or_path in EMBEDDED_MODELS else
-                 f"local folder '{base_path}'" if Path(base_path).is_dir() else f"Hub id '{base_path}'")
+    tried = (f"alias '{name_or_path}'" if name_or_path in EMBEDDED_MODELS else
+             f"local folder '{base_path}'" if Path(base_path).is_dir() else f"Hub id '{base_path}'")
 
     kwargs = {"dtype": torch_dtype}
     if load_in_4bit:
@@ -183,19 +169,16 @@ def load_model_and_tokenizer(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype)
         kwargs["device_map"] = {"": str(dev)}  # 4-bit weights are placed at load time
-    model_cls = AutoModelForSequenceClassification if num_labels else AutoModelForCausalLM
-    if num_labels:
-        kwargs["num_labels"] = num_labels
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_path)
         if num_labels:
-            model = _load_with_new_score_head(model_cls, base_path, kwargs)
+            model = _load_with_new_score_head(base_path, {**kwargs, "num_labels": num_labels})
         else:
-            model = model_cls.from_pretrained(base_path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise ModelLoadError(
-            f"could not load model '{name_or_path}': tried {', '.join(tried)}"
+            f"could not load model '{name_or_path}': tried {tried}"
             f" (HF_HUB_OFFLINE={'1' if offline else '0'}; aliases: {', '.join(EMBEDDED_MODELS)}). "
             f"Cause: {str(e).splitlines()[0][:300]}") from None
     if not load_in_4bit:
@@ -210,11 +193,7 @@ def load_model_and_tokenizer(
 
     if gradient_checkpointing:
         model.config.use_cache = False
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     if adapter or lora_r > 0:
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -225,7 +204,8 @@ def load_model_and_tokenizer(
             try:
                 model = PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
             except RuntimeError as e:  # torch's 35-line size-mismatch report: the adapter is for another base
-                recorded = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+                adapter_config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+                recorded = adapter_config.get("base_model_name_or_path")
                 raise ModelLoadError(f"adapter '{adapter}' does not fit the base model '{name_or_path}': it was "
                                      f"trained on '{recorded}' ({str(e).splitlines()[-1].strip()[:200]})") from None
         else:
@@ -234,22 +214,23 @@ def load_model_and_tokenizer(
                 task_type="SEQ_CLS" if num_labels else "CAUSAL_LM",
                 modules_to_save=["score"] if num_labels else None)
             model = get_peft_model(model, config)
-        # Record a portable base name so the saved adapter folder reloads by itself.
-        model.peft_config["default"].base_model_name_or_path = name_or_path if name_or_path in EMBEDDED_MODELS \
-            else model.peft_config["default"].base_model_name_or_path
+        if name_or_path in EMBEDDED_MODELS:  # a portable base name, so the saved adapter folder reloads by itself
+            model.peft_config["default"].base_model_name_or_path = name_or_path
     return model, tokenizer
 
 
-def _load_with_new_score_head(model_cls, base_path: str, kwargs: dict):
+def _load_with_new_score_head(base_path: str, kwargs: dict):
     """A sequence-classification model on a causal LM: its score head is new by design (a reward
     model to train), which transformers reports as a "newly initialized" table on every load. That
     report is silenced; weights missing or unexpected beyond the head and the dropped LM head are
     still warned about, in one line."""
+    from transformers import AutoModelForSequenceClassification
     hf_logger = logging.getLogger("transformers.modeling_utils")
     level = hf_logger.level
     hf_logger.setLevel(logging.ERROR)
     try:
-        model, info = model_cls.from_pretrained(base_path, output_loading_info=True, **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            base_path, output_loading_info=True, **kwargs)
     finally:
         hf_logger.setLevel(level)
     odd = [k for k in info.get("missing_keys", []) if not k.startswith("score.")] + \
@@ -279,14 +260,13 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    num_completion_tokens: int, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probs of the last `num_completion_tokens` tokens of each row.
+    """Per-token log-probs of the last T = `num_completion_tokens` tokens of each row.
 
-    input_ids, attention_mask: (B, L) = left-padded prompt followed by the completion.
-    Returns (B, T) with T = num_completion_tokens: out[b, t] = log p(input_ids[b, L-T+t] | prefix),
-    for every position (mask them with the completion mask afterwards). Logits are divided by
-    `temperature` (so log-probs match the sampling distribution). The model returns logits only
-    for the last T+1 positions (`logits_to_keep`), and the log-softmax runs in fp32 one row at a
-    time, so at most one (T, V) fp32 block exists at once.
+    input_ids, attention_mask: (B, L) = left-padded prompt followed by the completion. Returns
+    (B, T): out[b, t] = log p(input_ids[b, L-T+t] | prefix) under softmax(logits / temperature)
+    (the sampling distribution), for every position: mask with the completion mask afterwards.
+    Logits come for the last T+1 positions only (`logits_to_keep`) and the log-softmax runs in
+    fp32 one row at a time, so at most one (T, V) fp32 block exists at once.
     """
     T = num_completion_tokens
     out = model(input_ids=input_ids, attention_mask=attention_mask,
@@ -332,21 +312,18 @@ def save_atomic(model, tokenizer, path: str | os.PathLike) -> Path:
     save_pretrained(model, tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
 def merge_and_save(model, tokenizer, path: str | os.PathLike) -> Path:
     """Merge the LoRA adapter into a full-precision copy of the base and save a plain model folder.
     A 4-bit base cannot be merged in place: reload the base unquantized first (the caller does)."""
-    merged = model.merge_and_unload()
-    return save_atomic(merged, tokenizer, path)
+    return save_atomic(model.merge_and_unload(), tokenizer, path)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

@@ -1,7 +1,6 @@
 """Reports read from the files the stages wrote (metrics.jsonl, stats.json, summary.json):
-- write_pairs_report: synthesize.py's per-source statistics of its pairs files (stats.json,
-  report.md, an RM-score histogram), also `synthesize.py --stats-only`;
-- write_report: one `report.md` for a run of all four stages; plots are linked, not redrawn.
+`write_pairs_report` for synthesize.py's pairs files (also `synthesize.py --stats-only`), and
+`write_report`, one report.md for a run of all four stages (plots are linked, not redrawn):
 
     python -m pns_mini.report runs/demo        # expects generator/ pairs-*/ dpo/ eval-base/ eval-dpo/
 """
@@ -11,9 +10,10 @@ import difflib
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
-from .data import ANSWER_INSTRUCTION, iter_jsonl_tolerant
+from .data import ANSWER_INSTRUCTION, iter_jsonl_tolerant, write_atomic
 
 REWARD_KEYS = ["reward/total", "reward/format", "reward/accuracy", "reward/reward_model", "reward/judge",
                "rate/format", "rate/wrong_well_formed", "rate/truncated", "length/mean", "kl", "time/step"]
@@ -33,10 +33,6 @@ def _mean_of(values) -> float | None:
     """Mean of the values that are not None; None when there are none."""
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
-
-
-def _mean(rows: list[dict], key: str) -> float | None:
-    return _mean_of(r.get(key) for r in rows)
 
 
 def _json(path: Path):
@@ -61,17 +57,13 @@ def similarity(a: str, b: str) -> float:
 
 def source_stats(pairs: list[dict], skipped: list[dict]) -> dict:
     both = [r for r in pairs if r["rm_raw_rejected"] is not None and r["rm_raw_chosen"] is not None]
-    reasons: dict[str, int] = {}
-    for r in skipped:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     with_pair = {r["id"] for r in pairs}
     per_problem = list({r["id"]: (r["qualified"], r["candidates"]) for r in pairs}.values()) + \
         [(r["verified_wrong"], r["candidates"]) for r in skipped]
     candidates = sum(n for _, n in per_problem)
     return {
         "problems_tried": len(with_pair | {r["id"] for r in skipped}), "problems_with_pair": len(with_pair),
-        "pairs": len(pairs), "skipped": reasons,
-        "candidates": candidates,
+        "pairs": len(pairs), "skipped": dict(Counter(r["reason"] for r in skipped)), "candidates": candidates,
         "verified_wrong_rate": sum(q for q, _ in per_problem) / candidates if candidates else None,
         "rm_raw_rejected": _mean_of(r["rm_raw_rejected"] for r in pairs),
         "rm_raw_chosen": _mean_of(r["rm_raw_chosen"] for r in pairs),
@@ -109,14 +101,16 @@ PAIRS_LEGEND = (
     "in [0, 1]; tok = mean tokens; similarity = difflib word-sequence ratio of chosen and rejected.")
 
 
+STATS_COLUMNS = {"wrong/cand": "verified_wrong_rate", "RM rejected": "rm_raw_rejected", "RM chosen": "rm_raw_chosen",
+                 "rej>=cho": "rejected_ge_chosen", "judge rej": "judge_rejected", "judge cho": "judge_chosen",
+                 "tok cho": "tokens_chosen", "tok rej": "tokens_rejected", "similarity": "similarity"}
+
+
 def stats_table(stats: dict[str, dict]) -> str:
-    cols = ["pairs/tried", "wrong/cand", "RM rejected", "RM chosen", "rej>=cho", "judge rej", "judge cho",
-            "tok cho", "tok rej", "similarity"]
+    cols = ["pairs/tried", *STATS_COLUMNS]
     lines = ["| source | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for source, s in stats.items():
-        keys = ("verified_wrong_rate", "rm_raw_rejected", "rm_raw_chosen", "rejected_ge_chosen", "judge_rejected",
-                "judge_chosen", "tokens_chosen", "tokens_rejected", "similarity")
-        vals = [f"{s.get('pairs')}/{s.get('problems_tried')}", *(s.get(k) for k in keys)]
+        vals = [f"{s.get('pairs')}/{s.get('problems_tried')}", *(s.get(k) for k in STATS_COLUMNS.values())]
         lines.append(f"| {source} | " + " | ".join(_fmt(v) for v in vals) + " |")
     return "\n".join(lines)
 
@@ -125,13 +119,12 @@ def write_pairs_report(out: Path, pair_files: list[Path]) -> dict:
     """stats.json, report.md and plots/rm_scores.png in `out` for these pairs files (synthesize.py)."""
     stats, rows_by = collect_stats(pair_files)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_atomic(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     table = stats_table(stats)
     skips = "\n".join(f"- {src}: {', '.join(f'{k} {v}' for k, v in s['skipped'].items()) or 'none'}"
                       for src, s in stats.items())
-    (out / "report.md").write_text(
-        f"# Preference pairs\n\nFiles: {', '.join(str(p) for p in pair_files)}\n\n{table}\n\n"
-        f"{PAIRS_LEGEND}\n\nProblems skipped (reason: count):\n{skips}\n")
+    write_atomic(out / "report.md", f"# Preference pairs\n\nFiles: {', '.join(str(p) for p in pair_files)}\n\n"
+                                    f"{table}\n\n{PAIRS_LEGEND}\n\nProblems skipped (reason: count):\n{skips}\n")
     print(table)
     plot_rm_scores(rows_by, out / "plots" / "rm_scores.png")
     return stats
@@ -169,16 +162,15 @@ def generator_section(run: Path, root: Path) -> list[str]:
     out = ["## Stage 1: negative generator (reverse-RL GRPO)", "",
            f"{len(rows)} steps. Means over the first and last {k} step(s):", "",
            "| metric | first | last |", "| --- | --- | --- |"]
-    out += [f"| {key} | {_fmt(_mean(first, key))} | {_fmt(_mean(last, key))} |" for key in REWARD_KEYS
-            if _mean(rows, key) is not None]
+    out += [f"| {key} | {_fmt(_mean_of(r.get(key) for r in first))} | {_fmt(_mean_of(r.get(key) for r in last))} |"
+            for key in REWARD_KEYS if any(r.get(key) is not None for r in rows)]
     return out + [""] + [i for i in _images(run, root) if "reward" in i or "time" in i] + [""]
 
 
 def pairs_section(pair_dirs: list[Path], root: Path) -> list[str]:
     stats, images = {}, []
     for d in pair_dirs:
-        f = d / "stats.json"
-        for source, s in (json.loads(f.read_text()) if f.exists() else {}).items():
+        for source, s in (_json(d / "stats.json") or {}).items():
             stats[source if source not in stats else f"{source} ({d.name})"] = s
         images += _images(d, root)
     out = ["## Stage 2: negatives by source", ""]
@@ -196,7 +188,8 @@ def example_pair(pair_dirs: list[Path], chars: int = 600) -> list[str]:
     question = r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"]
     quote = lambda text: "\n".join("> " + line for line in text.strip()[:chars].splitlines())  # noqa: E731
     return [f"Example ({r.get('source')}, problem `{r.get('id')}`, gold {r.get('gold')}): the rejected side answers "
-            f"{r.get('rejected_answer')}, RM {_fmt(r.get('rm_raw_rejected'))} vs chosen {_fmt(r.get('rm_raw_chosen'))}.",
+            f"{r.get('rejected_answer')}, RM {_fmt(r.get('rm_raw_rejected'))} "
+            f"vs chosen {_fmt(r.get('rm_raw_chosen'))}.",
             "", quote(question.split(ANSWER_INSTRUCTION)[0]), ">", "> **rejected:**", quote(text_of(r["rejected"])), ""]
 
 
@@ -266,9 +259,8 @@ def write_report(root: str | Path) -> Path:
     lines += pairs_section(sorted(p for p in root.glob("pairs-*") if p.is_dir()), root)
     lines += dpo_section(root / "dpo", root)
     lines += eval_section(root / "eval-base", root / "eval-dpo")
-    target = root / "report.md"
-    target.write_text("\n".join(lines) + "\n")
-    return target
+    write_atomic(root / "report.md", "\n".join(lines) + "\n")
+    return root / "report.md"
 
 
 if __name__ == "__main__":

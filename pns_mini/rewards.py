@@ -3,52 +3,39 @@ r"""The negative generator's reward: four named components and the gated composi
 Stage 1 of PNS trains a generator by reverse RL: it is rewarded for solutions that are WRONG
 but look right. The paper gives the parts of its reward; the weights and the gating are ours:
 
-    format        1 if the completion is a well-formed solution (see `format_check`) and, when
-                  its answer is wrong, a real negative (see `negative_reason`), else 0
-    accuracy      1 if its final answer is verified WRONG and a real negative (accuracy
-                  inversion), else 0
+    format        1 if the completion is well-formed (`format_check`) and, when its answer is
+                  wrong, a real negative (`negative_reason`), else 0
+    accuracy      1 if its final answer is verified WRONG and a real negative (accuracy inversion)
     reward_model  a reward model's score of the solution, normalised to [0, 1]
     judge         an LLM judge's rubric score of the reasoning, normalised to [0, 1]
 
     total = malformed_penalty                                        if not well-formed
           = w_f * format + w_a * accuracy + w_rm * rm + w_j * judge  if verified wrong
-          = w_f * format + w_a * accuracy (= w_f, accuracy is 0)     otherwise (correct)
+          = w_f * format                                             otherwise (correct)
 
 Every component is pure, returned separately and logged even when gating keeps it out of the
-total. The anti-hacking choices sit next to the rules below; in short:
+total. The anti-hacking choices, each detailed next to its rule below:
 
-* An answer that cannot be found or parsed is a FORMAT failure, never a "wrong answer" win:
-  `accuracy` is 1 only for grading's "wrong" verdict (extracted, parsed, and unequal to the gold
-  under every check); "no_answer" and "unparseable" get the malformed penalty instead.
-* A negative is ONE real wrong answer reached by its own reasoning (`negative_check`, the one
-  definition, also used by synthesis): a number for a numeric gold, no hedge (`\boxed{18} or
-  \boxed{19}`, `\boxed{18, 19}`), no box or answer statement equal to the gold anywhere, nothing
-  after the final box taking it back, and not the gold as the result stated just before boxing
-  something else. A wrong completion that breaks one of these is a FORMAT failure with its own
-  reason (NEGATIVE_REASONS, logged as format_fail/<reason>): format 0, accuracy 0, total
-  `malformed_penalty`. Paying a hedge as a wrong answer would teach the generator to hedge and
-  contradict itself, and a DPO pair built on it would push the correct answer down too. A
-  CORRECT completion is judged by `format_check` alone, so its reward is unchanged.
-* Format gates everything: a malformed completion gets `malformed_penalty` (-1) whatever its
-  other scores, so the generator cannot trade format for plausibility.
-* Plausibility counts only for verified-wrong answers (`plausibility_only_when_wrong`), so a
-  correct, convincing solution never outscores a wrong one: the generator is not paid for
+* An answer that cannot be found or parsed is a FORMAT failure, never a "wrong answer" win
+  (else the cheapest wrong answer would be no answer at all).
+* A negative is ONE real wrong answer reached by its own reasoning (`negative_check`, also used
+  by synthesis); a hedge or a self-contradiction is a format failure: paying it would teach the
+  generator to hedge, and a DPO pair built on it would push the correct answer down too.
+* Format gates everything (`malformed_penalty`), so the generator cannot trade format for
+  plausibility; plausibility counts only for verified-wrong answers, so it is not paid for
   drifting back to correct answers, however well written.
 * The reward model and the judge never see the gold answer; they only rate how the solution looks.
 
-Default weights (`DEFAULT_REWARD_WEIGHTS`; the paper does not give them): format 0.5, accuracy
-1.0, reward_model 1.0, judge 1.0. With rm and judge scores in [0, 1] this gives, for every input,
-    malformed (-1)  <  correct (0.5)  <  wrong, least plausible (1.5)  <=  wrong (1.5 .. 3.5),
-the step from malformed to well-formed (1.5) is larger than the step from correct to wrong (1),
-so format is learned first; the two plausibility signals get equal weight since neither is known
-to be better calibrated, and together they span twice the accuracy step, so among wrong answers
-plausibility dominates what the generator learns (the point of the method). Under GRPO's
-group-normalised advantages only these differences matter, not the absolute values.
-The ordering holds for any non-negative weights with accuracy > 0 and malformed_penalty < format
-weight (the last is checked).
+Default weights (`DEFAULT_REWARD_WEIGHTS`; the paper gives none), with rm and judge in [0, 1]:
+    malformed (-1)  <  correct (0.5)  <  wrong, least plausible (1.5)  <=  wrong (1.5 .. 3.5).
+Format is learned first (malformed -> well-formed is 1.5, correct -> wrong is 1); rm and judge
+weigh the same (neither is known to be better calibrated) and together span twice the accuracy
+step, so among wrong answers plausibility dominates (the point of the method). Only these
+differences matter under GRPO's group-normalised advantages. The ordering holds for any
+non-negative weights with accuracy > 0 and malformed_penalty < format weight (checked).
 
-This module never imports torch: the model-based scores arrive as lists of floats from
-pns_mini.scorers (or from the scorer objects the TRL adapters in trl_rewards.py are given).
+No torch here: model scores arrive as lists of floats from pns_mini.scorers (or from the scorer
+objects the TRL adapters in trl_rewards.py are given).
 """
 from __future__ import annotations
 
@@ -79,9 +66,8 @@ FORMAT_REASONS = ("truncated", "too_long", "too_short", "repetition", "no_boxed"
 # Format
 # ---------------------------------------------------------------------------------------------
 def repeat_ratio(text: str, n: int = 4) -> float:
-    """Share of the word n-grams of `text` (lowercased, split on whitespace) that repeat an
-    earlier n-gram: 1 - unique / total. 0.0 for a text with no n-gram. A sentence looped k times
-    gives about (k - 1) / k."""
+    """Share of the word n-grams (lowercased, whitespace-split) that repeat an earlier one:
+    1 - unique / total, 0.0 without n-grams; a sentence looped k times gives about (k - 1) / k."""
     words = text.lower().split()
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
@@ -96,32 +82,24 @@ def format_check(completion: str, truncated: bool, *, min_chars: int = MIN_CHARS
     r"""(ok, reason): whether `completion` is a well-formed solution; reason is "" when ok, else
     the FIRST failed rule's code, checked in this order:
 
-    "truncated"    the completion did not stop (no EOS within the length limit): its answer may be
-                   cut off, and rewarding it would teach the generator to ramble to the limit.
-    "too_long"     more than `max_chars` characters (stripped).
-    "too_short"    fewer than `min_chars` characters (stripped).
+    "truncated"    no EOS within the length limit: the answer may be cut off, and rewarding it
+                   would teach the generator to ramble to the limit.
+    "too_long" / "too_short"  more than `max_chars` / fewer than `min_chars` characters (stripped).
     "repetition"   more than `max_repeat_ratio` of its word 4-grams repeat earlier ones
                    (`repeat_ratio`): degenerate loops are not solutions.
-    "no_boxed"     no `\boxed{` (data.BOXED_COMMAND) at all: the final answer must be boxed;
-                   "#### 5" or "the answer is 5" do not count here, though grading reads them.
+    "no_boxed"     no `\boxed{` (data.BOXED_COMMAND): "#### 5" or "the answer is 5" do not count
+                   here, though grading reads them.
     "unparseable"  the last `\boxed{` is never closed or is empty, or grading.extract_answer does
-                   not return exactly that box's answer (e.g. a later `\fbox{}`): the final answer
-                   must be what grading reads from the last \boxed{}.
+                   not return exactly that box's answer (e.g. a later `\fbox{}`).
     "no_reasoning_before_answer"  fewer than `min_reasoning_words` words (\w+ runs) before the
-                   last box: a bare answer is not a solution, and the judge and reward model
-                   must have reasoning to rate.
-    "text_after_answer"  more than `max_trailing_chars` characters after the box's closing brace,
-                   not counting whitespace, punctuation, `$`, `\)`, `\]` and `*`. A closing
-                   "\boxed{5}." or "\boxed{18} dollars. I hope it is correct." passes; a second
-                   solution, a new question or a revised answer after the box fails.
+                   last box: a bare answer is not a solution, and the scorers need reasoning to rate.
+    "text_after_answer"  more than `max_trailing_chars` characters after the box besides
+                   `_TRAILER_NOISE`: "\boxed{18} dollars. I hope it is correct." passes; a second
+                   solution or a revised answer fails.
 
-    A reasoning model's `<think>...</think>` block is dropped first (grading.after_thinking): every
-    rule above applies to the visible answer after `</think>` only, and a completion whose
-    `<think>` never closes has no visible answer ("too_short").
-
-    This check needs no gold answer. `score_completions` adds one more condition: grading must be
-    able to compare the answer with the gold (verdict "correct" or "wrong"); a well-formed box
-    the grader cannot parse is reported as format failure "unparseable".
+    Every rule reads the visible answer only: a `<think>...</think>` block is dropped first
+    (grading.after_thinking), and a `<think>` that never closes leaves nothing ("too_short").
+    No gold is needed; `negative_check` adds the rules that need one.
     """
     if truncated:
         return False, "truncated"
@@ -177,23 +155,19 @@ def negative_reason(completion: str, gold: str) -> str:
                   several values (`18, 19`, `18 \text{ or } 19`, `18 \pm 1`) when the gold is one
                   value. Boxes listed with commas/"and" are fine for a gold of several values.
     "not_a_number" the gold is a number but the answer is not (grading.is_numeric): `\boxed{x}`,
-                  `\boxed{ab}`, `\boxed{2x}`. Any number counts, `\frac{5}{2}` against 18 too (a
-                  boxed word such as `five` is already "unparseable" for grading).
+                  `\boxed{2x}`. Any number counts, `\frac{5}{2}` against 18 too.
     "gold_stated"  a box or answer statement ANYWHERE ("the answer is 18", `#### 18`, an earlier
-                  `\boxed{18}` "revised" later) is equivalent to the gold: a hedge, and a DPO pair
-                  built on it would push the correct answer down as well.
+                  `\boxed{18}` "revised" later) is equivalent to the gold: a hedge.
     "answer_after_box"  after the final box, a number other than its value, or a word taking it
                   back ("or", "actually", "wait", "instead"...): `\boxed{19}, or maybe 20`.
-    "gold_before_box"  (numeric gold) the last result the text states before the final box, in
-                  the box's sentence and the one before it, is the gold: `22 - 4 = 18 apples.
-                  The final answer is \boxed{24}` did not reach 24 by its own reasoning.
+    "gold_before_box"  (numeric gold) the last result stated in the final box's sentence and the
+                  one before it is the gold: `22 - 4 = 18 apples. The final answer is \boxed{24}`
+                  did not reach 24 by its own reasoning.
 
     Still negatives: an arithmetic slip carried to the end, a wrong operation, a misread question,
-    an invented step (the gold may appear mid-reasoning as long as the steps after it lead away
-    from it to the boxed value), a `$`-wrapped box, a fraction against an integer gold, and a
-    solution that revises one wrong boxed value into another. Rules 1, 4 and 5 read boxes; a
-    completion without one is a format failure ("no_boxed") anyway. No torch, no model: regexes
-    and grading's comparisons (numbers mostly take its fast path)."""
+    an invented step (the gold may appear mid-reasoning if later steps lead away from it), a
+    `$`-wrapped box, a fraction against an integer gold, one wrong boxed value revised into
+    another. Regexes and grading's comparisons only (numbers mostly take its fast path)."""
     answer = grading.extract_answer(completion)
     boxes = grading.boxes_of(completion)
     turn = grading.answer_turn(completion)
@@ -228,33 +202,26 @@ def negative_reason(completion: str, gold: str) -> str:
 
 def negative_check(completion: str, truncated: bool, gold: str, **format_kw) -> tuple[bool, str, grading.Grade]:
     """(well_formed, reason, grade): THE check of a completion, used by the stage-1 reward
-    (`score_completions`) and by synthesis. It is a negative sample iff well_formed and
-    grade.verdict == "wrong".
-
-    well_formed: `format_check` passes, grading could compare the answer with the gold (verdict
-    "correct" or "wrong", else reason "unparseable"), and, for a wrong answer, `negative_reason`
-    finds nothing. reason: "" or the first failed rule's code (FORMAT_REASONS). A correct answer
-    is judged by format_check alone: the new rules decide only what counts as a negative.
-    format_kw: format_check's thresholds."""
+    (`score_completions`) and by synthesis; a negative sample iff well_formed and grade.verdict is
+    "wrong". well_formed: `format_check` passes, grading could compare the answer with the gold
+    (verdict "correct" or "wrong", else reason "unparseable"), and for a wrong answer
+    `negative_reason` finds nothing (a correct answer is judged by format_check alone). reason: ""
+    or the first failed rule's code (FORMAT_REASONS). format_kw: format_check's thresholds."""
     ok, reason = format_check(completion, bool(truncated), **format_kw)
     graded = grading.grade(completion, gold)
     if ok and graded.verdict not in ("correct", "wrong"):
         ok, reason = False, "unparseable"  # a box the grader cannot compare is a format failure
     if ok and graded.verdict == "wrong":
-        why = negative_reason(completion, gold)
-        if why:
-            ok, reason = False, why
+        reason = negative_reason(completion, gold)
+        ok = not reason
     return ok, reason, graded
 
 
 def accuracy_inversion_reward(completion: str, gold: str) -> float:
     """1.0 when the final answer is verified wrong (grading.is_confidently_wrong: extracted,
-    parsed, and unequal to `gold` under every check) AND passes the negative rules
-    (`negative_reason`: one answer, of the gold's kind, no gold stated anywhere...), else 0.0.
-    A correct answer gets 0.0. No extracted answer, or one the grader cannot parse, also gets
-    0.0: that is a FORMAT failure, never an inversion win (otherwise the cheapest "wrong answer"
-    would be no answer at all), and so is a hedge like `\boxed{18} or \boxed{19}`. Independent
-    of format_check's gold-free rules (a truncated real wrong answer still scores 1.0 here)."""
+    parsed, and unequal to `gold` under every check) and `negative_reason` finds nothing, else
+    0.0 (no answer, an unparseable one and a hedge included). Independent of format_check: a
+    truncated real wrong answer still scores 1.0 here."""
     return 1.0 if grading.is_confidently_wrong(completion, gold) and not negative_reason(completion, gold) else 0.0
 
 
@@ -302,12 +269,9 @@ def parse_reward_weights(text: str | None) -> dict[str, float]:
 
 def composite_reward(components: dict[str, float], weights: dict[str, float], *, format_ok: bool, wrong: bool,
                      malformed_penalty: float = MALFORMED_PENALTY, plausibility_only_when_wrong: bool = True) -> float:
-    """The scalar reward of one completion from its components (each in [0, 1]).
-
-    Malformed (format_ok False): `malformed_penalty`, whatever the other components say.
-    Well-formed: w_format * format + w_accuracy * accuracy, plus w_rm * reward_model + w_judge *
-    judge when the answer is verified `wrong` (or always, with plausibility_only_when_wrong=False;
-    then a correct, convincing solution can outscore a wrong one: an ablation, not the default).
+    """The scalar reward of one completion from its components (each in [0, 1]): the module
+    docstring's `total`. plausibility_only_when_wrong=False adds rm and judge to every well-formed
+    completion (an ablation: a correct, convincing solution can then outscore a wrong one).
     `weights` must name every component (pass it through `resolve_weights`)."""
     if malformed_penalty >= weights["format"]:
         raise ValueError(f"malformed_penalty={malformed_penalty} must be below the format weight "
@@ -345,23 +309,19 @@ def score_completions(completions: list[str], golds: list[str], truncated: list[
                       **format_kw) -> list[dict]:
     """Grade and score a batch of completions, each graded once. One dict per completion:
 
-    total         the composite reward (gated, see `composite_reward`)
-    format        1.0 / 0.0: `negative_check`'s well_formed (format_check passed, grading could
-                  compare the answer, and a wrong answer is a real negative)
-    accuracy      1.0 when the verdict is "wrong" and the negative rules pass
-                  (= accuracy_inversion_reward), else 0.0
-    reward_model  the normalised reward-model score (0.0 where it was not computed)
-    judge         the normalised judge score (0.0 where it was not computed)
+    total         the composite reward (`composite_reward`)
+    format        1.0 / 0.0: `negative_check`'s well_formed
+    accuracy      1.0 / 0.0: = accuracy_inversion_reward
+    reward_model, judge  the normalised scores (0.0 where not computed)
     answer        the extracted answer, or None
     verdict       grading's verdict: "correct" | "wrong" | "no_answer" | "unparseable" (a refused
                   negative keeps "wrong": its format_reason says why it is not a negative)
-    format_reason "" or the failed rule's code (FORMAT_REASONS, NEGATIVE_REASONS included)
+    format_reason "" or the failed rule's code (FORMAT_REASONS)
 
-    rm / judge: None (off: 0.0), a list of normalised scores in [0, 1], one per completion
-    (reported even where the gating leaves them out of `total`), or a scorer: a callable
-    (questions, completions) -> normalised scores (the scorers' __call__), called once on the
-    completions whose plausibility counts (`plausibility_counts`) and not at all at weight 0,
-    since no other score can change a reward; a scorer needs `questions`.
+    rm / judge: None (off: 0.0), a list of normalised scores, one per completion (reported even
+    where the gating leaves them out of `total`), or a scorer (questions, completions) ->
+    normalised scores (the scorers' __call__), called once on the completions whose plausibility
+    counts (`plausibility_counts`) and not at all at weight 0; a scorer needs `questions`.
     weights: partial overrides of DEFAULT_REWARD_WEIGHTS; format_kw: format_check's thresholds.
     """
     n = len(completions)
@@ -373,8 +333,9 @@ def score_completions(completions: list[str], golds: list[str], truncated: list[
         ok, reason, graded = negative_check(completion, bool(truncated[i]), gold, **format_kw)
         # a real wrong answer (= accuracy_inversion_reward, from the one grade() call): a refused
         # negative is a format failure AND earns no accuracy, whatever format_check said
-        wrong = graded.verdict == "wrong" and reason not in NEGATIVE_REASONS and (ok or not negative_reason(completion, gold))
-        rows.append({"format": 1.0 if ok else 0.0, "accuracy": 1.0 if wrong else 0.0,
+        wrong = (graded.verdict == "wrong" and reason not in NEGATIVE_REASONS
+                 and (ok or not negative_reason(completion, gold)))
+        rows.append({"total": 0.0, "format": 1.0 if ok else 0.0, "accuracy": 1.0 if wrong else 0.0,
                      "answer": graded.answer, "verdict": graded.verdict, "format_reason": reason})
     counted = [i for i, r in enumerate(rows) if plausibility_counts(r, plausibility_only_when_wrong)]
     for name, label, scores in (("reward_model", "rm_scores", rm), ("judge", "judge_scores", judge)):
@@ -382,15 +343,13 @@ def score_completions(completions: list[str], golds: list[str], truncated: list[
             if questions is None or len(questions) != n:
                 raise ValueError(f"a {name} scorer needs one question per completion")
             values = scores([questions[i] for i in counted], [completions[i] for i in counted]) \
-                if counted and w[name] > 0 else []
-            full = [0.0] * n
-            for i, v in zip(counted, _check_scores(label, values, len(counted) if values else 0)):
-                full[i] = v
-            scores = full
+                if counted and w[name] > 0 else [0.0] * len(counted)
+            by_row = dict(zip(counted, _check_scores(label, values, len(counted))))
+            scores = [by_row.get(i, 0.0) for i in range(n)]
         for r, s in zip(rows, _check_scores(label, scores, n)):
             r[name] = s
     for r in rows:
         r["total"] = composite_reward(r, w, format_ok=r["format"] == 1.0, wrong=r["accuracy"] == 1.0,
                                       malformed_penalty=malformed_penalty,
                                       plausibility_only_when_wrong=plausibility_only_when_wrong)
-    return [{"total": r.pop("total"), **r} for r in rows]
+    return rows

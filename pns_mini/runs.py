@@ -1,10 +1,6 @@
-"""The run folder: one resume guard, checkpoints with exact resume, metrics.jsonl, the LR
-schedule, and plots.
-
-A run folder holds config.json, metrics.jsonl (one row per step), samples.jsonl,
-checkpoints/step-N/ (adapter + optimizer + RNG + data position), plots/*.png and report.md.
-Checkpoints are written to a temp folder and renamed, so a crash never leaves a checkpoint that
-resumes wrongly. Every training script starts the same way:
+"""The run folder (config.json, metrics.jsonl, samples.jsonl, checkpoints/step-N/, plots/*.png,
+report.md): one resume guard, checkpoints with exact resume, the data order and LR schedule, and
+plots. Every training script starts the same way:
 
     check_run_folder(out, cfg, RESUMABLE)      # before anything is written; refuses a changed run
     ... load data and model, then write config.json ...
@@ -25,17 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, iter_jsonl_tolerant, kill_point, repair_torn_tail
+from .data import DataError, iter_jsonl_tolerant, kill_point, repair_torn_tail, write_jsonl
 from .modeling import save_pretrained
 
 
 # ---------------------------------------------------------------------------------------------
-# LR schedule
+# Data order and LR schedule: pure functions of the position, so a resume continues both exactly
 # ---------------------------------------------------------------------------------------------
 def epoch_order(n: int, seed: int, start: int, count: int) -> list[int]:
     """Item indices at positions [start, start + count) of a training script's data stream: epoch
-    after epoch, each a permutation of range(n) seeded by (seed, epoch). A pure function of the
-    position, so a resumed run that saved its position continues the same order exactly."""
+    after epoch, each a permutation of range(n) seeded by (seed, epoch)."""
     out, perms = [], {}
     for pos in range(start, start + count):
         epoch = pos // n
@@ -60,9 +55,9 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str = "cosin
 
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int, kind: str = "cosine", step: int = 0):
     """LambdaLR positioned at optimizer step `step` (0: a new run; a resumed run: its checkpoint's
-    step, after the optimizer state is loaded). The schedule is a pure function of the step and the
-    run's length, so a resume rebuilds it rather than loading the old one: a run extended with a
-    larger --max-steps follows the schedule of its new length, not the old one's final LR of 0."""
+    step, after the optimizer state is loaded). A resume rebuilds the schedule rather than loading
+    the old one, so a run extended with a larger --max-steps follows the schedule of its new
+    length, not the old one's final LR of 0."""
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])  # the peak LR (a loaded optimizer state has it)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, kind),
@@ -98,10 +93,10 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
                     extra: dict | None = None, keep_last: int = 2) -> Path:
-    """Write checkpoints/step-{step}/ atomically: the adapter (save_pretrained), and trainer.pt with
-    optimizer, RNG states, step and `extra` (e.g. the data position); the scheduler state is kept
-    for inspection only (a resume rebuilds the schedule, see make_scheduler). Older checkpoints
-    beyond `keep_last` are removed."""
+    """Write checkpoints/step-{step}/ via a temp folder renamed into place, so a crash never leaves
+    a checkpoint that resumes wrongly: the adapter (save_pretrained), and trainer.pt with optimizer,
+    RNG states, step and `extra` (e.g. the data position); the scheduler state is kept for
+    inspection only (see make_scheduler). Checkpoints beyond the last `keep_last` are removed."""
     ckpt_root = Path(output_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step}"
@@ -116,7 +111,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    for old in sorted(list_checkpoints(output_dir))[:-keep_last] if keep_last else []:
+    for old in list_checkpoints(output_dir)[:-keep_last] if keep_last else []:
         shutil.rmtree(ckpt_root / f"step-{old}", ignore_errors=True)
     return final
 
@@ -129,24 +124,17 @@ def list_checkpoints(output_dir: str | Path) -> list[int]:
                   if p.name.split("-")[1].isdigit() and (p / "trainer.pt").exists())
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    steps = list_checkpoints(output_dir)
-    return Path(output_dir) / "checkpoints" / f"step-{steps[-1]}" if steps else None
-
-
 def load_checkpoint(path: str | Path, model, optimizer) -> dict:
-    """Restore adapter weights, optimizer and RNG from checkpoints/step-N/. Returns {"step",
-    "extra"}. The model must already carry a LoRA adapter of the same shape. The LR schedule is
-    rebuilt afterwards by make_scheduler(..., step)."""
+    """Restore adapter weights, optimizer and RNG from checkpoints/step-N/ into a model that already
+    carries a LoRA adapter of the same shape. Returns {"step", "extra"}."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     path = Path(path)
     weights = path / "adapter_model.safetensors"
-    if weights.exists():
-        set_peft_model_state_dict(model, load_file(weights, device=str(next(model.parameters()).device)))
-    else:
+    if not weights.exists():
         raise FileNotFoundError(f"{path}: no adapter_model.safetensors in checkpoint")
+    set_peft_model_state_dict(model, load_file(weights, device=str(next(model.parameters()).device)))
     state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
@@ -163,10 +151,9 @@ def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...]) -> None:
     """The resume guard of every training script, called before any file is written (config.json
     included). A folder with a checkpoint holds a run: without --resume it is refused, so finished
     work is never overwritten. With --resume the saved config.json must equal `cfg` except for the
-    fields in `resumable` (e.g. max_steps, which extends a run): any other change (the data, the
-    learning rate, ...) would make a different run under the old one's name. A folder without a
-    checkpoint (a run killed before its first one) starts again at step 0 (start_run), with or
-    without --resume."""
+    fields in `resumable` (e.g. max_steps, which extends a run): any other change would make a
+    different run under the old one's name. A folder without a checkpoint starts again at step 0,
+    with or without --resume."""
     out = Path(out)
     if not cfg.resume:
         if list_checkpoints(out):
@@ -207,8 +194,9 @@ def check_same_settings(path: str | Path, now: dict, what: str, error: type[Exce
 
 def remove_stale_temps(out: str | Path) -> list[Path]:
     """Remove what a kill -9 during an atomic write leaves behind: temp folders and files
-    (.final.tmp-*, .adapter.old-*, checkpoints/.step-N.tmp-*, metrics.tmp, ref_logps.pt.tmp). Only
-    call it where no other process writes into the folder. Returns what was removed."""
+    (.final.tmp-*, .adapter.old-*, .metrics.jsonl.tmp-*, checkpoints/.step-N.tmp-*,
+    ref_logps.pt.tmp). Only call it where no other process writes into the folder. Returns what
+    was removed."""
     out = Path(out)
     removed = []
     for pattern in (".*.tmp-*", ".*.old-*", "*.tmp", "checkpoints/.step-*.tmp-*"):
@@ -226,9 +214,10 @@ def start_run(out: str | Path, model, optimizer, logs: list[Path]) -> tuple[int,
     rows written after the checkpoint, which the run writes again), so they read as one
     uninterrupted run."""
     remove_stale_temps(out)
-    step, extra = 0, {}
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None:
+    step, extra, ckpt = 0, {}, None
+    steps = list_checkpoints(out)
+    if steps:
+        ckpt = Path(out) / "checkpoints" / f"step-{steps[-1]}"
         state = load_checkpoint(ckpt, model, optimizer)
         step, extra = state["step"], state["extra"]
     dropped = 0
@@ -244,24 +233,20 @@ def start_run(out: str | Path, model, optimizer, logs: list[Path]) -> tuple[int,
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics and samples
+# Metrics
 # ---------------------------------------------------------------------------------------------
 def read_metrics(path: str | Path) -> list[dict]:
     return list(iter_jsonl_tolerant(path))
 
 
 def truncate_metrics(path: str | Path, last_step: int) -> int:
-    """Keep only rows with step <= last_step (rows written after the checkpoint we resume from
-    are written again by the resumed run, so the file reads as one uninterrupted run). Returns
-    the number of rows dropped."""
+    """Keep only rows with step <= last_step (see start_run). Returns the number of rows dropped."""
     path = Path(path)
     if not path.exists():
         return 0
-    rows = list(iter_jsonl_tolerant(path))
+    rows = read_metrics(path)
     kept = [r for r in rows if r.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    write_jsonl(path, kept)
     return len(rows) - len(kept)
 
 
@@ -278,16 +263,13 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path, panels: dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, keys in panels.items():
+        series = {key: [(r[x], r[key]) for r in rows if r.get(key) is not None and x in r] for key in keys}
+        if not any(series.values()):
+            continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        drawn = False
-        for key in keys:
-            pts = [(r[x], r[key]) for r in rows if key in r and r[key] is not None and x in r]
+        for key, pts in series.items():
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=2, label=key)
-                drawn = True
-        if not drawn:
-            plt.close(fig)
-            continue
         ax.set_xlabel(x)
         ax.set_title(name)
         ax.grid(alpha=0.3)

@@ -1,58 +1,13 @@
-r"""Model-based scores: a reward model and an LLM judge of the chain of thought -> lists of floats.
+r"""Model-based scores of (question, completion) pairs -> lists of floats in [0, 1].
 
 The negative generator's reward (pns_mini/rewards.py) and the choice of the most plausible
 negative (synthesize.py) both need "how convincing does this solution look?". Two signals, as in
-the paper, each behind one small interface:
-
-RewardModelScorer(model, tokenizer)(questions, completions) -> scores in [0, 1]; `.raw(...)` gives
-    the logit-scale score (the paper reports raw RM scores such as +3.34 / -3.13). Two kinds:
-    "classifier"  a sequence-classification model with one label (a Bradley-Terry reward model,
-                  e.g. written by train_reward_model.py). Input = `reward_model_text`: the
-                  chat template of the policy's prompt (`data.prompt_messages`: system, the
-                  worked example, the question) + the completion as the assistant turn, no
-                  generation prompt; the very text train_reward_model.py trains on.
-                  raw = the logit; normalised = sigmoid(raw).
-    "generative"  an instruct model asked "Is the proposed solution correct? Answer with Yes or
-                  No." (no gold answer is shown), after the problem and the solution. From the
-                  next-token distribution, raw = log p(Yes) - log p(No), where p(Yes) sums the
-                  single-token variants "Yes" and " Yes" (same for No); normalised =
-                  p(Yes) / (p(Yes) + p(No)) = sigmoid(raw). The default when no reward model is given.
-JudgeScorer(model, tokenizer)(questions, completions) -> scores in [0, 1]: the judge rates the
-    reasoning on each criterion of the FIXED rubric `JUDGE_RUBRIC` (0-3), one prompt per
-    criterion (the problem, the solution, then "Score it from 0 to 3 on: <criterion>"), its
-    answer turn pre-filled with "Score:". The score of a criterion is the probability-weighted
-    digit read from the next-token distribution over "0".."3":
-    E = sum_k k p(k) / sum_k p(k), so it is never unparseable and varies smoothly.
-    normalised = mean over criteria of E / 3. The judge is NOT told the gold answer: it rates
-    how plausible the reasoning looks, not whether it is right. `score_detailed` gives the
-    per-criterion expected scores (0-3).
-
-Shared-prefix scoring (SharedPrefixScorer): the verifier and the four criteria are five prompts
-that differ only AFTER the completion (SCORING_HEAD + a short question). Their common tokens
-(template start, problem, solution) are prefilled once per completion into a DynamicCache, the
-cache is copied to the five tails, and only the tails (~25-45 tokens) run on top of it, padded in
-the middle so that every row ends at its last column. The scores equal the full forward of each
-prompt (tested to 1e-4 on the real model in fp32). When the reward model and the judge are the
-same model (build_scorers' default: the policy's base), they share one SharedPrefixScorer: the
-first call on a batch computes all five scores and the second is served from it (so a run that
-calls only one of them still pays for all five tails). Measured on
-SmolLM2-135M, 8 completions (benchmarks/scoring.py, CPU): the verifier + judge cost 2.1x one
-verifier pass on ~65-token completions (5.8x unshared) and 1.56x on ~260-token ones (5.0x
-unshared): the ratio is ~(Lp + 5 T) / (Lp + T_verifier) for a shared part of Lp tokens and tails
-padded to T, so it falls toward 1 as completions grow.
-
-Shared mechanics: inputs are left-padded and batched (sorted by length, so little padding), with
-position ids that skip the padding, so a score does not depend on the batch it was in. Every
-forward runs under torch.no_grad() in eval mode (the training mode is restored afterwards). A
-prompt longer than `max_length` tokens keeps its template, the question and the END of the
-completion (where the final answer is): tokens are cut from the start of the completion; only
-when the question would leave the completion less than half of `max_length` is the question cut
-from its start as well.
-
-Memory trick: `use_reference=True` runs the forward under `modeling.reference_model(model)`, so a
-LoRA policy with its adapter disabled serves as the base instruct model (the generative reward
-model and the judge) with no second copy of the weights in memory. `build_scorers` does this
-whenever the judge / generative RM is the policy's own base model.
+the paper: RewardModelScorer (a trained classifier, or the generative Yes/No verifier) and
+JudgeScorer (the fixed rubric JUDGE_RUBRIC; it never sees the gold answer). The verifier and the
+judge's criteria are short questions after one shared head (problem + solution), prefilled once
+per completion by SharedPrefixScorer. build_scorers makes the pair a script uses; its base model
+is the policy with the LoRA adapter disabled (`use_reference=True`), not a second copy in memory.
+The shared mechanics: batching in `_BatchedScorer._run`, truncation in `encode_with_completions`.
 """
 from __future__ import annotations
 
@@ -62,26 +17,24 @@ import math
 
 import torch
 
-from pns_mini.data import format_prompt, prompt_messages
+from pns_mini.data import chat_prompt, format_prompt, prompt_messages
 from pns_mini.generation import left_pad
 from pns_mini.modeling import (ModelLoadError, load_model_and_tokenizer, position_ids_from_mask, reference_model,
                                resolve_model_path, sequence_scores)
 
 # ---------------------------------------------------------------------------------------------
-# Prompts. The verifier and every judge criterion ask their question AFTER one shared head (the
-# problem and the solution), so the head is prefilled once per completion and only the short
-# questions ("tails") are run per score. The completion is inserted through a placeholder so
-# that we can tokenize the text before it, the completion, and the text after it separately
-# (needed to truncate the completion from its start while keeping the template intact).
+# Prompts: the verifier and every judge criterion ask their question AFTER one shared head.
 # ---------------------------------------------------------------------------------------------
+# The completion goes in through this placeholder, so that the text before it, the completion and
+# the text after it are tokenized apart (to cut the completion's start, keeping the template whole).
 COMPLETION_SLOT = "\x00PNS-COMPLETION\x00"
 
 SCORING_HEAD = (
     "Below is a math problem and a proposed solution.\n\n"
     "Problem:\n{question}\n\n"
     "Proposed solution:\n{completion}\n\n")
+VERIFIER = "verifier"  # the name of the verifier's tail, next to the criteria names
 VERIFIER_QUESTION = "Is the proposed solution correct, with the right final answer? Answer with Yes or No."
-VERIFIER_PROMPT = SCORING_HEAD + VERIFIER_QUESTION
 YES_VARIANTS = ("Yes", " Yes")
 NO_VARIANTS = ("No", " No")
 
@@ -102,23 +55,10 @@ JUDGE_SCORES = ("0", "1", "2", "3")
 # reference solutions, 4 nonsense ones) it also read best: p("0".."3") 0.73, mean score 1.79 vs
 # 1.46, where a 60-token wording with the criterion's name and a 4-step scale had 0.47, 1.64 vs 1.59.
 JUDGE_QUESTION = "Score it from 0 to 3 on: {description}"
-JUDGE_PROMPT = SCORING_HEAD + JUDGE_QUESTION
 # The judge's answer turn is pre-filled with this, so that the next token is the digit (on
 # SmolLM2-135M-Instruct it moved the probability mass on "0".."3" from ~5% to ~43% with an
 # earlier, longer judge prompt).
 JUDGE_ANSWER_PREFIX = "Score:"
-VERIFIER = "verifier"  # the name of the verifier's tail, next to the criteria names
-
-
-def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    """The tokenizer's chat template, or a plain "Role: text" layout for a tokenizer without one."""
-    if getattr(tokenizer, "chat_template", None):
-        # enable_thinking=False: a hybrid-reasoning template (Qwen3) then answers at once; others ignore it.
-        extra = {"enable_thinking": False} if add_generation_prompt else {}
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **extra)
-    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-    return text + ("Assistant: " if add_generation_prompt else "")
 
 
 def _split_on_slot(text: str) -> tuple[str, str]:
@@ -130,15 +70,11 @@ def _split_on_slot(text: str) -> tuple[str, str]:
 
 def reward_model_text(tokenizer, prompt: list[dict] | str, completion: list[dict] | str,
                       chat_template_kwargs: dict | None = None) -> str:
-    """THE text a classifier reward model sees, in training and in scoring: one function, so a
-    trained reward model is never applied to inputs it was not trained on.
-
-    Conversational (`prompt` a message list, as synthesize.py writes it: system, the worked
-    example, the question): the chat template of prompt + [assistant: completion], no generation
-    prompt, with the pair's `chat_template_kwargs` (e.g. enable_thinking), exactly what TRL's
-    RewardTrainer renders from the same pair. String prompt: prompt + completion + EOS (TRL adds
-    the EOS to string pairs too). train_reward_model.py tokenizes this text; RewardModelScorer
-    builds it for `data.prompt_messages(question)` (`reward_model_parts`)."""
+    """THE text a classifier reward model sees, in training (train_reward_model.py) and in scoring:
+    one function, so a trained reward model is never applied to inputs it was not trained on. As
+    TRL's RewardTrainer renders a pair: a message-list `prompt` gives the chat template of prompt +
+    [assistant: completion], no generation prompt, with the pair's `chat_template_kwargs`; a string
+    prompt gives prompt + completion + EOS."""
     if isinstance(prompt, list):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("chat-message pairs need a tokenizer with a chat template; this one has none")
@@ -150,52 +86,50 @@ def reward_model_text(tokenizer, prompt: list[dict] | str, completion: list[dict
 
 
 def reward_model_parts(tokenizer, question: str, chat_template_kwargs: dict | None = None) -> tuple[str, str]:
-    """(text before the completion, text after it) of `reward_model_text` for the prompt the
-    policy saw: `data.prompt_messages(question)` (or `format_prompt`'s plain layout without a
-    chat template)."""
-    prompt = prompt_messages(question) if getattr(tokenizer, "chat_template", None) else format_prompt(tokenizer, question)
+    """(text before the completion, text after it) of `reward_model_text` for the prompt the policy
+    saw: `data.prompt_messages(question)`, or `format_prompt`'s plain layout without a chat template."""
+    has_template = getattr(tokenizer, "chat_template", None)
+    prompt = prompt_messages(question) if has_template else format_prompt(tokenizer, question)
     return _split_on_slot(reward_model_text(tokenizer, prompt, COMPLETION_SLOT, chat_template_kwargs))
 
 
+def _scoring_parts(tokenizer, question: str, ask: str) -> tuple[str, str]:
+    """(text before the completion, text after it) of SCORING_HEAD + `ask` as the user turn, followed
+    by the assistant's generation prompt (`data.chat_prompt`, or "User: ...\n\nAssistant: " for a
+    tokenizer without a chat template)."""
+    user = SCORING_HEAD.format(question=question.strip(), completion=COMPLETION_SLOT) + ask
+    if getattr(tokenizer, "chat_template", None):
+        return _split_on_slot(chat_prompt(tokenizer, [{"role": "user", "content": user}]))
+    return _split_on_slot(f"User: {user}\n\nAssistant: ")
+
+
 def verifier_parts(tokenizer, question: str) -> tuple[str, str]:
-    """(text before the completion, text after it) for the generative reward model: the shared
-    head with the verifier question as the user turn, followed by the assistant generation prompt."""
-    user = VERIFIER_PROMPT.format(question=question.strip(), completion=COMPLETION_SLOT)
-    return _split_on_slot(_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True))
+    """(text before the completion, text after it) for the generative reward model."""
+    return _scoring_parts(tokenizer, question, VERIFIER_QUESTION)
 
 
 def judge_parts(tokenizer, question: str, name: str, answer_prefix: str = "") -> tuple[str, str]:
-    """(text before the completion, text after it) for one rubric criterion; the text after it
-    ends with the assistant generation prompt followed by `answer_prefix`. The text before it is
-    the verifier's: the criterion is asked after the solution, so the head can be shared."""
-    user = JUDGE_PROMPT.format(description=JUDGE_RUBRIC[name], question=question.strip(), completion=COMPLETION_SLOT)
-    head, tail = _split_on_slot(_chat(tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True))
+    """The same for one rubric criterion, the answer turn pre-filled with `answer_prefix`. The text
+    before the completion is the verifier's: the criterion is asked after the solution."""
+    head, tail = _scoring_parts(tokenizer, question, JUDGE_QUESTION.format(description=JUDGE_RUBRIC[name]))
     return head, tail + answer_prefix
-
-
-def judge_answer_prefix(tokenizer) -> str:
-    """JUDGE_ANSWER_PREFIX, plus a space where the tokenizer splits the space off a digit: "Score: 3"
-    is "Score", ":", " ", "3" in SmolLM2, Llama 3 and Qwen 2, so there "3" comes after the space."""
-    space_split = any(len(tokenizer(" " + k, add_special_tokens=False)["input_ids"]) > 1 for k in JUDGE_SCORES)
-    return JUDGE_ANSWER_PREFIX + (" " if space_split else "")
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizing, truncating, batching.
 # ---------------------------------------------------------------------------------------------
 def encode_with_completion(tokenizer, head: str, completion: str, tail: str, max_length: int) -> list[int]:
-    """Token ids of head + completion + tail, at most `max_length` of them. Over-long inputs lose
-    the START of the completion (the final answer is at its end and must stay); if the head alone
-    leaves the completion less than half of `max_length`, the head is cut from its start too.
-    An input that fits is tokenized in one piece, exactly as tokenizer(head + completion + tail)."""
+    """`encode_with_completions` for one tail: the token ids of head + completion + tail."""
     return encode_with_completions(tokenizer, head, completion, [tail], max_length)[0]
 
 
 def encode_with_completions(tokenizer, head: str, completion: str, tails: list[str],
                             max_length: int) -> list[list[int]]:
-    """`encode_with_completion` for several tails after the same head + completion: one row per
-    tail. When the longest row is over `max_length`, every row gets the cut the longest tail
-    needs, so the rows still begin with the same head + completion tokens (and can share them)."""
+    """Token ids of head + completion + tail, one row per tail, each at most `max_length` long. Rows
+    that fit are tokenized in one piece, exactly as tokenizer(head + completion + tail). Otherwise
+    every row gets the cut the longest tail needs, so the rows still begin with the same tokens (and
+    can share them): the START of the completion goes (its end holds the final answer), and if the
+    head alone leaves the completion less than half of `max_length`, the head is cut from its start too."""
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     whole = [enc(head + completion + tail) for tail in tails]
     if max(map(len, whole)) <= max_length:
@@ -235,20 +169,8 @@ def single_token_ids(tokenizer, variants: tuple[str, ...]) -> list[int]:
     return ids
 
 
-@contextlib.contextmanager
-def _inference(model, use_reference: bool):
-    """no_grad + eval mode (+ adapter disabled), restoring the training mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), (reference_model(model) if use_reference else contextlib.nullcontext()):
-            yield
-    finally:
-        model.train(was_training)
-
-
 class _BatchedScorer:
-    """Holds the model and runs a `forward(ids, mask) -> (B, ...)` over batches of token rows."""
+    """Holds the model and runs a forward over batches of its inputs."""
 
     def __init__(self, model, tokenizer, *, use_reference: bool = False, batch_size: int = 8, max_length: int = 2048):
         if batch_size < 1 or max_length < 16:
@@ -259,28 +181,33 @@ class _BatchedScorer:
         if self.pad_id is None:
             raise ValueError("the scorer's tokenizer has neither a pad nor an EOS token to pad with")
 
-    def _run(self, rows: list[list[int]], forward) -> torch.Tensor:
-        """rows -> stacked per-row outputs (N, ...) on the CPU, in the input order. Rows are batched
-        longest first so that each batch carries little padding."""
-        if not rows:
+    def _run(self, inputs: list, forward, length=len) -> torch.Tensor:
+        """forward(batch of inputs) -> (B, ...) over batches of `batch_size` inputs, longest first (so
+        that each batch carries little padding), in eval mode under no_grad (+ adapter disabled), the
+        training mode restored afterwards; the outputs stacked (N, ...) on the CPU, in the input order."""
+        if not inputs:
             return torch.empty(0)
-        device = next(self.model.parameters()).device
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-        out: list[torch.Tensor | None] = [None] * len(rows)
-        with _inference(self.model, self.use_reference):
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
-                ids, mask = left_pad([rows[i] for i in chunk], self.pad_id)
-                values = forward(ids.to(device), mask.to(device)).float().cpu()  # (B, ...)
-                for j, i in enumerate(chunk):
-                    out[i] = values[j]
+        order = sorted(range(len(inputs)), key=lambda i: -length(inputs[i]))
+        out: list[torch.Tensor | None] = [None] * len(inputs)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), (reference_model(self.model) if self.use_reference else contextlib.nullcontext()):
+                for start in range(0, len(order), self.batch_size):
+                    chunk = order[start:start + self.batch_size]
+                    values = forward([inputs[i] for i in chunk]).float().cpu()  # (B, ...)
+                    for j, i in enumerate(chunk):
+                        out[i] = values[j]
+        finally:
+            self.model.train(was_training)
         return torch.stack(out)
 
-    def _next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """log p(next token | row) at the last position of each left-padded row; (B, L) -> (B, V) fp32."""
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                            logits_to_keep=1, use_cache=False).logits[:, -1]  # (B, V)
-        return logits.float().log_softmax(-1)
+    def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows -> left-padded (ids, mask), both (B, L), on the model's device. Every forward
+        passes position ids that skip the padding, so a score does not depend on its batch."""
+        ids, mask = left_pad(rows, self.pad_id)
+        device = next(self.model.parameters()).device
+        return ids.to(device), mask.to(device)
 
 
 def sigmoid(x: float) -> float:
@@ -290,7 +217,8 @@ def sigmoid(x: float) -> float:
 
 def _check_lengths(questions: list[str], completions: list[str]) -> None:
     if len(questions) != len(completions):
-        raise ValueError(f"{len(questions)} questions but {len(completions)} completions: pass one question per completion")
+        raise ValueError(f"{len(questions)} questions but {len(completions)} completions: "
+                         f"pass one question per completion")
 
 
 def _check_criteria(criteria: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -299,10 +227,6 @@ def _check_criteria(criteria: tuple[str, ...] | None) -> tuple[str, ...]:
     if not chosen or any(c not in JUDGE_RUBRIC for c in chosen):
         raise ValueError(f"judge criteria must be a non-empty subset of {', '.join(JUDGE_RUBRIC)}; got {criteria}")
     return chosen
-
-
-def _unwrapped(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,16 +249,16 @@ class SharedPrefixScorer(_BatchedScorer):
                  (B*k, T) -> (B*k, V) -> (B, k) scores
 
     Same tokens, same positions, same attention: each score equals the full forward of its row
-    (to float rounding; tested to 1e-4 in fp32), and does not depend on the batch. Cost: one
-    prefill of Lp tokens plus k tails of T tokens, instead of k full rows of Lp + T tokens.
-    Memory: a batch's prefix cache is held k times (batch_size * k rows). share_prefix=False
-    runs every row in full, one pass per tail (the unshared baseline of benchmarks/scoring.py).
+    (to float rounding; tested to 1e-4 in fp32 on the real model), in any batch. Memory: a batch's
+    prefix cache is held k times. share_prefix=False runs every row in full, one pass per tail.
+    Cost ~(Lp + k T) tokens instead of k (Lp + T). Measured on SmolLM2-135M, 8 completions, CPU
+    (benchmarks/scoring.py): verifier + judge cost 2.1x one verifier pass on ~65-token completions
+    (5.8x unshared) and 1.56x on ~260-token ones (5.0x): the shared part grows, the tails do not.
 
     `scores(questions, completions, names)` computes EVERY tail for its rows and keeps the values
     it was not asked for; the next call on the same rows is served from them, once. So a reward
-    model and a judge that share one SharedPrefixScorer (build_scorers' default) prefill each
-    completion once between them: train_generator.py and synthesize.py call one, then the other.
-    """
+    model and a judge sharing one SharedPrefixScorer (build_scorers' default) prefill each
+    completion once between them (a run that calls only one of them still pays for all tails)."""
 
     def __init__(self, model, tokenizer, *, tails: tuple[str, ...] = (VERIFIER, *JUDGE_RUBRIC),
                  use_reference: bool = False, batch_size: int = 8, max_length: int = 2048, share_prefix: bool = True):
@@ -350,7 +274,10 @@ class SharedPrefixScorer(_BatchedScorer):
             self.no_ids = single_token_ids(tokenizer, NO_VARIANTS)
         if criteria:
             self.score_ids = [single_token_ids(tokenizer, (k, " " + k)) for k in JUDGE_SCORES]  # variants per score
-        self.answer_prefix = judge_answer_prefix(tokenizer)
+        # "Score: 3" is "Score", ":", " ", "3" in SmolLM2, Llama 3 and Qwen 2: where the tokenizer
+        # splits the space off a digit, the prefix ends with the space, so the next token is the digit.
+        space_split = any(len(tokenizer(" " + k, add_special_tokens=False)["input_ids"]) > 1 for k in JUDGE_SCORES)
+        self.answer_prefix = JUDGE_ANSWER_PREFIX + (" " if space_split else "")
         self._kept: dict[tuple[str, str], dict[str, float]] = {}  # (question, completion) -> values not yet asked for
 
     def _read(self, name: str, logp: torch.Tensor) -> torch.Tensor:
@@ -391,73 +318,68 @@ class SharedPrefixScorer(_BatchedScorer):
     def _compute(self, pairs: list[tuple[str, str]]) -> list[dict[str, float]]:
         rows = [self.rows(q, c) for q, c in pairs]  # (N, k) token rows
         if self.share_prefix and len(self.tails) > 1:
-            values = self._run_shared(rows)  # (N, k)
+            values = self._run(rows, self._forward_shared, length=lambda pair_rows: len(pair_rows[0]))  # (N, k)
         else:  # every row in full, one pass per tail
-            values = torch.stack([self._run([r[j] for r in rows], functools.partial(self._full_rows, name))
+            values = torch.stack([self._run([r[j] for r in rows], functools.partial(self._forward_full, name))
                                   for j, name in enumerate(self.tails)], dim=1)  # (N, k)
         return [dict(zip(self.tails, v)) for v in values.tolist()]
 
-    def _full_rows(self, name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores of tail `name` from full left-padded rows, no cache; (B, L) -> (B,)."""
-        return self._read(name, self._next_token_logprobs(ids, mask))
+    def _forward_full(self, name: str, rows: list[list[int]]) -> torch.Tensor:
+        """Scores of tail `name` from its full rows, no cache: B rows -> (B,)."""
+        ids, mask = self._padded(rows)  # (B, L)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                            logits_to_keep=1, use_cache=False).logits[:, -1]  # (B, V)
+        return self._read(name, logits.float().log_softmax(-1))
 
-    def _run_shared(self, rows: list[list[list[int]]]) -> torch.Tensor:
-        """Per pair, its k token rows -> (N, k) scores; each pair's common prefix runs once."""
+    def _forward_shared(self, batch: list[list[list[int]]]) -> torch.Tensor:
+        """B pairs, k token rows each -> (B, k) scores; each pair's common prefix runs once."""
         from transformers import DynamicCache
 
-        k, device = len(self.tails), next(self.model.parameters()).device
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # longest first: little padding
-        out: list[torch.Tensor | None] = [None] * len(rows)
-        with _inference(self.model, self.use_reference):
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
-                cut = [shared_length(rows[i]) for i in chunk]  # (B,) shared tokens of each pair
-                # --- prefill the shared part once per pair ---
-                ids, mask = left_pad([rows[i][0][:s] for i, s in zip(chunk, cut)], self.pad_id)  # (B, Lp)
-                ids, mask = ids.to(device), mask.to(device)
-                cache = DynamicCache(config=self.model.config)
-                self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                           cache=cache, use_cache=True, logits_to_keep=1)
-                cache.batch_repeat_interleave(k)  # every layer (B, H, Lp, D) -> (B*k, H, Lp, D)
-                # --- every tail on top of its pair's cache, left-padded in the middle ---
-                tail_ids, tail_mask = left_pad([row[s:] for i, s in zip(chunk, cut) for row in rows[i]],
-                                               self.pad_id)  # (B*k, T)
-                tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
-                full_mask = torch.cat([mask.repeat_interleave(k, dim=0), tail_mask], dim=1)  # (B*k, Lp + T)
-                positions = position_ids_from_mask(full_mask)[:, -tail_ids.shape[1]:]  # (B*k, T) as in the full row
-                logits = self.model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions,
-                                    cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B*k, V)
-                logp = logits.float().log_softmax(-1).view(len(chunk), k, -1)  # (B, k, V)
-                values = torch.stack([self._read(name, logp[:, j]) for j, name in enumerate(self.tails)],
-                                     dim=1).cpu()  # (B, k)
-                for j, i in enumerate(chunk):
-                    out[i] = values[j]
-        return torch.stack(out)
+        k = len(self.tails)
+        cut = [shared_length(rows) for rows in batch]  # (B,) shared tokens of each pair
+        # --- prefill the shared part once per pair ---
+        ids, mask = self._padded([rows[0][:s] for rows, s in zip(batch, cut)])  # (B, Lp)
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                   cache=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(k)  # every layer (B, H, Lp, D) -> (B*k, H, Lp, D)
+        # --- every tail on top of its pair's cache, left-padded in the middle ---
+        tail_ids, tail_mask = self._padded([row[s:] for rows, s in zip(batch, cut) for row in rows])  # (B*k, T)
+        full_mask = torch.cat([mask.repeat_interleave(k, dim=0), tail_mask], dim=1)  # (B*k, Lp + T)
+        positions = position_ids_from_mask(full_mask)[:, -tail_ids.shape[1]:]  # (B*k, T) as in the full row
+        logits = self.model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions,
+                            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B*k, V)
+        logp = logits.float().log_softmax(-1).view(len(batch), k, -1)  # (B, k, V)
+        return torch.stack([self._read(name, logp[:, j]) for j, name in enumerate(self.tails)], dim=1)  # (B, k)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reward model: classifier (trained Bradley-Terry head) or generative (Yes/No verifier).
 # ---------------------------------------------------------------------------------------------
 class RewardModelScorer(_BatchedScorer):
-    """Reward-model scores of (question, completion) pairs. `__call__` -> normalised scores in
-    [0, 1] (= sigmoid(raw)); `raw` -> logit-scale scores. `kind` is "classifier" or "generative";
-    None picks "classifier" for a *ForSequenceClassification model, else "generative". A
-    generative one asks through `shared` (a SharedPrefixScorer with the VERIFIER tail, e.g. the
-    one it shares with a judge), or through its own when none is given."""
+    """Reward-model scores of (question, completion) pairs: `raw` -> logit-scale scores (the paper
+    reports raw RM scores such as +3.34 / -3.13); `__call__` -> sigmoid(raw) in [0, 1]. `kind`
+    (None: "classifier" for a *ForSequenceClassification model, else "generative"):
+      classifier  a one-label sequence-classification model (train_reward_model.py writes one);
+                  raw = its logit on `reward_model_text` of the policy's prompt + the completion.
+      generative  an instruct model asked VERIFIER_QUESTION after the problem and the solution;
+                  raw = log p(Yes) - log p(No) of its next token, each summed over YES_VARIANTS /
+                  NO_VARIANTS. It asks through `shared` (a SharedPrefixScorer with the VERIFIER
+                  tail, e.g. one shared with a judge), or through its own."""
 
     def __init__(self, model, tokenizer, *, kind: str | None = None, use_reference: bool = False,
                  batch_size: int = 8, max_length: int = 2048, chat_template_kwargs: dict | None = None,
                  shared: SharedPrefixScorer | None = None):
         super().__init__(model, tokenizer, use_reference=use_reference, batch_size=batch_size, max_length=max_length)
         self.chat_template_kwargs = chat_template_kwargs  # the classifier's template switches, as in its pairs
-        is_classifier = type(_unwrapped(model)).__name__.endswith("ForSequenceClassification")
+        arch = type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__
+        is_classifier = arch.endswith("ForSequenceClassification")
         self.kind = kind or ("classifier" if is_classifier else "generative")
         if self.kind not in ("classifier", "generative"):
             raise ValueError(f"kind must be 'classifier' or 'generative', got {self.kind!r}")
         if self.kind == "classifier":
             if not is_classifier:
-                raise ValueError(f"a classifier reward model must be a sequence-classification model, "
-                                 f"got {type(_unwrapped(model)).__name__}")
+                raise ValueError(f"a classifier reward model must be a sequence-classification model, got {arch}")
             if model.config.num_labels != 1 or model.config.pad_token_id is None:
                 raise ValueError(f"a classifier reward model needs num_labels=1 and a pad_token_id "
                                  f"(got {model.config.num_labels}, {model.config.pad_token_id}); "
@@ -481,7 +403,7 @@ class RewardModelScorer(_BatchedScorer):
     def raw(self, questions: list[str], completions: list[str]) -> list[float]:
         if self.kind == "generative":
             return [d[VERIFIER] for d in self.shared.scores(questions, completions, (VERIFIER,))]
-        forward = lambda ids, mask: sequence_scores(self.model, ids, mask)  # noqa: E731 (B,) last real token's logit
+        forward = lambda rows: sequence_scores(self.model, *self._padded(rows))  # noqa: E731 (B,) last token's logit
         return self._run(self.rows(questions, completions), forward).tolist()
 
     def __call__(self, questions: list[str], completions: list[str]) -> list[float]:
@@ -492,10 +414,12 @@ class RewardModelScorer(_BatchedScorer):
 # LLM judge of the chain of thought on the fixed rubric.
 # ---------------------------------------------------------------------------------------------
 class JudgeScorer(_BatchedScorer):
-    """Rubric scores of the reasoning in (question, completion) pairs; the gold is never shown.
-    `__call__` -> normalised scores in [0, 1] = mean over criteria of E/3; `raw` -> the mean
-    expected score on the 0-3 scale; `score_detailed` -> {criterion: expected score 0-3} per pair.
-    It asks through `shared` (a SharedPrefixScorer holding its criteria, e.g. the one it shares
+    """Rubric scores of the reasoning in (question, completion) pairs; the gold is never shown. One
+    prompt per criterion (problem, solution, then JUDGE_QUESTION), its answer turn pre-filled with
+    JUDGE_ANSWER_PREFIX; a criterion's score is the probability-weighted digit of the next token,
+    E = sum_k k p(k) / sum_k p(k) over "0".."3", so it is never unparseable and varies smoothly.
+    `score_detailed` -> {criterion: E} per pair; `raw` -> the mean E (0-3); `__call__` -> mean E / 3
+    in [0, 1]. It asks through `shared` (a SharedPrefixScorer holding its criteria, e.g. one shared
     with the generative reward model), or through its own when none is given."""
 
     def __init__(self, model, tokenizer, *, use_reference: bool = False, batch_size: int = 8, max_length: int = 2048,
@@ -545,25 +469,18 @@ def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, j
         reward model loaded with num_labels=1 (a merged model folder or an adapter folder on a
         sequence-classification base, as train_reward_model.py writes).
     judge_model None or the base model's name: the base model; another name: that model, loaded.
-    The base model is never loaded twice: it is the policy with its adapter disabled (or the
-    policy itself when it has no adapter). With policy_model None the base is loaded once here.
-    When both are the base model (the default), they share one SharedPrefixScorer: the first
-    call on a batch scores the verifier and every criterion from one prefill per completion, the
-    second call is served from it. share_prefix=False runs every prompt in full (the baseline).
-    A name that cannot load raises ModelLoadError naming the option. judge_criteria: a subset of
-    JUDGE_RUBRIC (None: all four).
-    """
-    memo = {}
+    The base model is the policy with its adapter disabled (policy_model None: loaded once here).
+    When both scorers use it (the default) they share one SharedPrefixScorer; share_prefix=False
+    runs every prompt in full. judge_criteria: a subset of JUDGE_RUBRIC (None: all four). A name
+    that cannot load raises ModelLoadError naming the option."""
+    load = dict(device=device, dtype=dtype, load_in_4bit=load_in_4bit)
 
-    def base():  # the policy's base model: (model, tokenizer, use_reference)
-        if "base" not in memo:
-            if policy_model is not None:
-                # Memory trick: the policy with its adapter disabled is the base; no second copy.
-                memo["base"] = (policy_model, policy_tokenizer, hasattr(policy_model, "disable_adapter"))
-            else:
-                model, tok = _load(base_model_name, "--model", device=device, dtype=dtype, load_in_4bit=load_in_4bit)
-                memo["base"] = (model, tok, False)
-        return memo["base"]
+    @functools.cache
+    def base():  # the policy's base model: (model, tokenizer, use_reference), loaded at most once
+        if policy_model is not None:
+            # Memory trick: the policy with its adapter disabled is the base; no second copy.
+            return policy_model, policy_tokenizer, hasattr(policy_model, "disable_adapter")
+        return (*_load(base_model_name, "--model", **load), False)
 
     criteria = _check_criteria(judge_criteria)
     opts = dict(batch_size=batch_size, max_length=max_length)
@@ -577,8 +494,7 @@ def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, j
         model, tok, use_ref = base()
         rm = RewardModelScorer(model, tok, kind="generative", use_reference=use_ref, shared=shared, **opts)
     else:
-        model, tok = _load(reward_model, "--reward-model", device=device, dtype=dtype, load_in_4bit=load_in_4bit,
-                           num_labels=1)
+        model, tok = _load(reward_model, "--reward-model", num_labels=1, **load)
         _check_trained_head(model, reward_model)
         rm = RewardModelScorer(model, tok, kind="classifier", **opts)
     if judge_on_base:
@@ -586,7 +502,7 @@ def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, j
         judge = JudgeScorer(model, tok, use_reference=use_ref, criteria=criteria, share_prefix=share_prefix,
                             shared=shared, **opts)
     else:
-        model, tok = _load(judge_model, "--judge-model", device=device, dtype=dtype, load_in_4bit=load_in_4bit)
+        model, tok = _load(judge_model, "--judge-model", **load)
         judge = JudgeScorer(model, tok, criteria=criteria, share_prefix=share_prefix, **opts)
     return rm, judge
 
