@@ -1,17 +1,23 @@
-r"""Stage 2 of PNS: preference pairs, per problem a verified-correct `chosen` (`choose`) and the most plausible
-verified-wrong `rejected` (`check_candidates`, `select_negatives`: our rule and thresholds, the paper's are not public)
-of K candidates from --negative-source: pns = the stage-1 generator, prompted like the policy; rejection = --model's
-own samples (the paper's baseline); prompted = `prompted_prompt`; perturbed = `perturb_solution` of the chosen.
+r"""Stage 2 of PNS: per problem, a preference pair of a verified-correct solution (chosen) and the
+most plausible verified-wrong one (rejected).
 
-Reads   --problems, --model (policy, scorers' base), --generator (stage 1's <run>/final), --reward-model, --judge-model
-Writes  --output-dir (rerun the same command to resume: `done_ids`): pairs.jsonl (`messages` + answers, scores, rank),
-        skipped.jsonl (why a problem has no pair), samples.jsonl (every candidate, checked and scored), config.json,
-        metrics.jsonl (running totals per batch); report.py's stats.json, report.md, plots/rm_scores.png (Fig. 1)
+Reads   --problems, --model (the policy), --generator (stage 1's <run>/final), --reward-model, --judge-model
+Writes  --output-dir, resumed by rerunning the same command (`done_ids`): pairs.jsonl (a pair a row as TRL's
+        DPOTrainer reads it, `messages`, + answers, scores, rank), skipped.jsonl (why a problem has no pair),
+        samples.jsonl (every candidate, checked and scored), config.json, metrics.jsonl (running totals per
+        batch), and report.py's stats.json, report.md, plots/rm_scores.png
 
 Examples
   python synthesize.py --negative-source pns --generator runs/generator/final --problems gsm8k_train --limit 2000
   python synthesize.py --negative-source rejection --problems offline --limit 8 --num-candidates 4 --output-dir runs/rej
   python synthesize.py --stats-only runs/syn-pns/pairs.jsonl,runs/rej/pairs.jsonl --output-dir runs/compare
+
+Method (the rule and thresholds are ours: the paper's are not public)
+  1. chosen: `choose`, the reference solution or a correct --model sample, never a fallback;
+  2. K candidates from --negative-source: pns = the stage-1 generator, prompted like the policy; rejection =
+     --model's samples (the paper's baseline); prompted = `prompted_prompt`; perturbed = `perturb_solution`;
+  3. keep: `check_candidates`, stage 1's definition of a negative (well-formed, verified wrong);
+  4. select: `select_negatives`, by stage 1's reward (pns, prompted) or at random (rejection, perturbed).
 """
 from __future__ import annotations
 
@@ -28,11 +34,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pns_mini import grading, rewards
-from pns_mini.report import write_pairs_report
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import (SYSTEM_PROMPT, append_jsonl, chat_prompt, format_prompt,
-                           gsm8k_solution_to_boxed, iter_jsonl_tolerant, last_boxed, load_problems,
-                           prompt_messages, prompt_template_hash, repair_torn_tail, write_jsonl)
+from pns_mini.data import (SYSTEM_PROMPT, append_jsonl, chat_prompt, format_prompt, gsm8k_solution_to_boxed,
+                           iter_jsonl_tolerant, last_boxed, load_problems, prompt_messages, prompt_template_hash,
+                           repair_torn_tail, write_jsonl)
+from pns_mini.report import write_pairs_report
 
 SOURCES = ("pns", "rejection", "prompted", "perturbed")
 RANKED = ("pns", "prompted")  # sources whose negatives select_negatives picks by plausibility; the others at random
@@ -257,11 +263,10 @@ def check_candidates(group: Group, gold: str) -> list[dict]:
 
 
 def select_negatives(source: str, checks: list[dict], n: int, rng: random.Random) -> list[int]:
-    """The pair-selection rule: indices of the candidates that become a problem's rejected sides, at most n, best
-    first; only verified-wrong ones qualify. pns, prompted (RANKED): the highest composite reward `total` (stage 1's,
-    with --reward-weights: as format = accuracy = 1 for all that qualify, the weighted reward-model + judge score),
-    ties in sample order. rejection, perturbed: uniformly random (rng: seeded per problem), never ranked: the paper's
-    rejection-sampled negative is just "a wrong sample", and ranking it by the RM would bias its RM comparison."""
+    """The pair-selection rule: indices of at most n verified-wrong candidates, best first, that become the
+    problem's rejected sides. RANKED (pns, prompted): by stage 1's reward `total` (all that qualify have format =
+    accuracy = 1: the weighted RM + judge score), ties in sample order. rejection, perturbed: at random (rng seeded
+    per problem): the paper's rejection-sampled negative is any wrong sample; ranking it would bias its RM score."""
     kept = [j for j, c in enumerate(checks) if c["verified_wrong"]]
     if source in RANKED:
         return sorted(kept, key=lambda j: -(checks[j]["total"] or 0.0))[:n]

@@ -47,7 +47,8 @@ import torch
 from tqdm import tqdm
 
 from pns_mini.config import main_guard, save_config
-from pns_mini.data import ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs, write_atomic
+from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs,
+                           write_atomic)
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
                                save_atomic, token_logprobs, trainable_parameters)

@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the stage scripts live in the repository root
 
 from pns_mini.config import main_guard, parse_config, save_config  # noqa: E402
-from pns_mini.data import DataError, append_jsonl, iter_jsonl_tolerant, load_problems, write_atomic, write_jsonl  # noqa: E402
+from pns_mini.data import (DataError, append_jsonl, iter_jsonl_tolerant, load_problems, write_atomic,  # noqa: E402
+                           write_jsonl)
 
 SOURCES = ("pns", "rejection", "prompted", "perturbed")
 # Sizes per scale. cpu: the run published in docs/results.md (about 2 h on this 2-core machine,

@@ -7,13 +7,15 @@ Two engines draw from the SAME distribution (softmax(logits / temperature), cut 
 `top_p`; greedy at temperature 0) and nothing else:
 
 * "loop" (the default, `_decode_group`): our own decode loop over transformers' model and cache
-  classes, written for the shapes PNS samples (G completions of each prompt): each distinct
-  prompt is prefilled ONCE and its cache copied to its G rows; a row that has emitted EOS leaves
-  the decode batch, so a batch costs what its rows' lengths cost, not G x its longest row; the KV
-  cache is a `StaticCache` written in place; a LoRA adapter on a full-precision base is merged
-  into the weights for the rollout (`merged_lora`), one matmul per weight instead of three; and
-  each row draws from its own `torch.Generator` (`row_seeds`), so a row's tokens do not depend
-  on which other rows share its batch.
+  classes, written for the shapes PNS samples (G completions of each prompt):
+  1. each distinct prompt is prefilled ONCE and its cache copied to its G rows;
+  2. a row that has emitted EOS leaves the decode batch: a batch costs its rows' lengths, not
+     G x its longest row;
+  3. the KV cache is a `StaticCache` written in place, not a growing `DynamicCache`;
+  4. a LoRA adapter on a full-precision base is merged into the weights for the rollout
+     (`merged_lora`): one matmul per weight instead of three;
+  5. each row draws from its own `torch.Generator` (`row_seeds`): a row's tokens do not depend on
+     which other rows share its batch.
 * "generate": transformers' `generate` (the baseline of benchmarks/generation.py, and the path
   for `use_cache=False`).
 
