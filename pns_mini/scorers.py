@@ -250,15 +250,16 @@ class SharedPrefixScorer(_BatchedScorer):
 
     Same tokens, same positions, same attention: each score equals the full forward of its row
     (to float rounding; tested to 1e-4 in fp32 on the real model), in any batch. Memory: a batch's
-    prefix cache is held k times. share_prefix=False runs every row in full, one pass per tail.
+    prefix cache is held k times. share_prefix=False runs each row asked for in full, a pass per tail.
     Cost ~(Lp + k T) tokens instead of k (Lp + T). Measured on SmolLM2-135M, 8 completions, CPU
     (benchmarks/scoring.py): verifier + judge cost 2.1x one verifier pass on ~65-token completions
     (5.8x unshared) and 1.56x on ~260-token ones (5.0x): the shared part grows, the tails do not.
 
-    `scores(questions, completions, names)` computes EVERY tail for its rows and keeps the values
-    it was not asked for; the next call on the same rows is served from them, once. So a reward
-    model and a judge sharing one SharedPrefixScorer (build_scorers' default) prefill each
-    completion once between them (a run that calls only one of them still pays for all tails)."""
+    `scores(questions, completions, names)` computes EVERY tail for its rows (unshared: only
+    `names`) and keeps the values it was not asked for; the next call on the same rows is served
+    from them, once. So a reward model and a judge sharing one SharedPrefixScorer (build_scorers'
+    default) prefill each completion once between them (a run that calls only one of them still
+    pays for all tails; train_generator.py turns sharing off when a weight is 0)."""
 
     def __init__(self, model, tokenizer, *, tails: tuple[str, ...] = (VERIFIER, *JUDGE_RUBRIC),
                  use_reference: bool = False, batch_size: int = 8, max_length: int = 2048, share_prefix: bool = True):
@@ -311,18 +312,21 @@ class SharedPrefixScorer(_BatchedScorer):
             self._kept = {}  # served once: any later call computes afresh
             return [{n: kept[p][n] for n in names} for p in pairs]
         unique = list(dict.fromkeys(pairs))  # a repeated completion (same question) is scored once
-        values = dict(zip(unique, self._compute(unique)))
+        values = dict(zip(unique, self._compute(unique, names)))
         self._kept = {p: {n: v for n, v in d.items() if n not in names} for p, d in values.items()}
         return [{n: values[p][n] for n in names} for p in pairs]
 
-    def _compute(self, pairs: list[tuple[str, str]]) -> list[dict[str, float]]:
+    def _compute(self, pairs: list[tuple[str, str]], names: tuple[str, ...]) -> list[dict[str, float]]:
+        """Every tail's score when sharing the prefix (the tails cost little on top of it), else only
+        `names`: unshared, each tail is a full pass of its own, and another call may never want it."""
         rows = [self.rows(q, c) for q, c in pairs]  # (N, k) token rows
         if self.share_prefix and len(self.tails) > 1:
             values = self._run(rows, self._forward_shared, length=lambda pair_rows: len(pair_rows[0]))  # (N, k)
-        else:  # every row in full, one pass per tail
-            values = torch.stack([self._run([r[j] for r in rows], functools.partial(self._forward_full, name))
-                                  for j, name in enumerate(self.tails)], dim=1)  # (N, k)
-        return [dict(zip(self.tails, v)) for v in values.tolist()]
+            return [dict(zip(self.tails, v)) for v in values.tolist()]
+        wanted = [(j, name) for j, name in enumerate(self.tails) if name in names]
+        values = torch.stack([self._run([r[j] for r in rows], functools.partial(self._forward_full, name))
+                              for j, name in wanted], dim=1)  # (N, len(names)), one full pass per tail
+        return [dict(zip([name for _, name in wanted], v)) for v in values.tolist()]
 
     def _forward_full(self, name: str, rows: list[list[int]]) -> torch.Tensor:
         """Scores of tail `name` from its full rows, no cache: B rows -> (B,)."""

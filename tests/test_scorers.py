@@ -308,3 +308,20 @@ def test_verifier_and_judge_share_one_prefill(tiny):
     rm3, judge3 = build_scorers(model, tok, reward_model=None, judge_model=None, base_model_name="unused",
                                 share_prefix=False)
     assert rm3.raw(QUESTIONS, COMPLETIONS) == pytest.approx(alone_rm, abs=1e-5)
+
+
+def test_unshared_scorer_runs_only_the_tails_asked_for(tiny):
+    """share_prefix=False (train_generator.py's choice when one weight is 0): the reward model's call
+    runs the verifier alone, one forward for the 4 rows, not the four judge criteria as well."""
+    model, tok = tiny
+    rm, judge = build_scorers(model, tok, reward_model=None, judge_model=None, base_model_name="unused",
+                              share_prefix=False)
+    forwards = []
+    hook = model.register_forward_hook(lambda module, args, kwargs_out: forwards.append(1))
+    try:
+        rm.raw(QUESTIONS, COMPLETIONS)
+        assert len(forwards) == 1
+        judge(QUESTIONS, COMPLETIONS)  # then the judge: one forward per criterion
+        assert len(forwards) == 1 + len(JUDGE_RUBRIC)
+    finally:
+        hook.remove()
