@@ -282,8 +282,10 @@ def main(cfg: Config) -> dict:
     from pns_mini.scorers import build_scorers, sigmoid
 
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # bad input fails before any file is written
-    check_same_settings(out / "config.json", {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS},
-                                              "prompt_template": template_hash()}, "pairs")
+    # resolved by device; a resumed run must load the models as the run it continues did
+    load_in_4bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else resolve_device(cfg.device).type == "cuda"
+    settings = {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS}, "load_in_4bit": load_in_4bit}
+    check_same_settings(out / "config.json", {**settings, "prompt_template": template_hash()}, "pairs")
     remove_stale_temps(out)
     done, redone, totals = done_ids(out)
     todo = [p for p in problems if p["id"] not in done]
@@ -292,7 +294,6 @@ def main(cfg: Config) -> dict:
     if not todo and (out / "pairs.jsonl").exists():  # nothing to sample: no model load
         return finish(out)
     weights = rewards.parse_reward_weights(cfg.reward_weights)
-    load_in_4bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else resolve_device(cfg.device).type == "cuda"
     loading = dict(load_in_4bit=load_in_4bit, device=cfg.device, dtype=cfg.dtype)
 
     # --- models: the generator (pns) and the policy, from one copy of the base when the generator is an adapter on it
@@ -304,7 +305,8 @@ def main(cfg: Config) -> dict:
     rm_scorer, judge_scorer = build_scorers(policy, tok, reward_model=cfg.reward_model, judge_model=cfg.judge_model,
                                             base_model_name=cfg.model, **loading)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json", prompt_template=template_hash())  # all loaded: the folder is this run's
+    # all loaded: the folder is this run's (load_in_4bit as resolved)
+    save_config(cfg, out / "config.json", prompt_template=template_hash(), load_in_4bit=load_in_4bit)
     (out / "pairs.jsonl").touch()  # exists from the start, so --stats-only works on a run in progress
 
     def draw(batch: list[dict], on_generator: bool = False, prompt_of=format_prompt) -> list[Group]:
@@ -314,6 +316,9 @@ def main(cfg: Config) -> dict:
         with reference_model(policy) if shares_base and not on_generator else contextlib.nullcontext():  # adapter off
             return sample_candidates(model, t, prompts, cfg, [problem_seed(cfg.seed, p["id"]) for p in batch])
 
+    ranked = cfg.negative_source in RANKED  # the rule ranks by scores; the other sources pick before scoring
+    pick = lambda p, checks: select_negatives(cfg.negative_source, checks[p["id"]], cfg.pairs_per_problem,  # noqa: E731
+                                              problem_rng(cfg.seed, p["id"], "pick"))
     n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem", dynamic_ncols=True,
                desc=f"synthesize {cfg.negative_source}")
@@ -343,10 +348,12 @@ def main(cfg: Config) -> dict:
         why.update({p["id"]: "no_wellformed_wrong_candidate" if checks[p["id"]] else "no_number_to_perturb"
                     for p in live if not any(c["verified_wrong"] for c in checks[p["id"]])})
 
-        # ===== plausibility: stage 1's reward parts of every qualifying candidate and of its chosen ====
+        # ===== plausibility: stage 1's reward parts of the candidates to rank (or the random picks) and the chosen ====
         live = [p for p in live if not why[p["id"]]]
+        picks = {} if ranked else {p["id"]: pick(p, checks) for p in live}  # a random pick needs no scores
         chosen_scores = {p["id"]: {} for p in live}
-        scored = [(p, c["text"], c) for p in live for c in checks[p["id"]] if c["verified_wrong"]] \
+        scored = [(p, c["text"], c) for p in live for j, c in enumerate(checks[p["id"]])
+                  if c["verified_wrong"] and (ranked or j in picks[p["id"]])] \
             + [(p, chosen[p["id"]], chosen_scores[p["id"]]) for p in live]  # (problem, text, where its scores go)
         questions, texts = [p["question"] for p, _, _ in scored], [text for _, text, _ in scored]
         raw = rm_scorer.raw(questions, texts)  # one pass: the raw logit, and sigmoid(raw) as RewardModelScorer's
@@ -354,6 +361,8 @@ def main(cfg: Config) -> dict:
                                           [sigmoid(r) for r in raw], judge_scorer(questions, texts), weights=weights)
         for (_, _, scores), part, r in zip(scored, parts, raw):
             scores.update(part, rm_raw=r)
+        if ranked:  # the rule ranks by those scores
+            picks = {p["id"]: pick(p, checks) for p in live}
 
         # ===== write: samples log, then the pairs (the selection rule) or the skip reason, per problem ====
         for p in batch:
@@ -367,17 +376,16 @@ def main(cfg: Config) -> dict:
                                                      "reason": why[p["id"]], "gold": p["gold"], **counts})
                 totals["skipped"] += 1
                 continue
-            picks = select_negatives(cfg.negative_source, group, cfg.pairs_per_problem,
-                                     problem_rng(cfg.seed, p["id"], "pick"))
             text, cs = chosen[p["id"]], chosen_scores[p["id"]]
-            for rank, c in enumerate([group[j] for j in picks]):
+            for rank, c in enumerate([group[j] for j in picks[p["id"]]]):
                 append_jsonl(out / "pairs.jsonl", {
                     "id": p["id"], **messages(cfg, tok, p["question"], text, c["text"]), "gold": p["gold"],
                     "chosen_answer": grading.extract_answer(text), "rejected_answer": c["answer"],
                     **{f"rejected_{k}": c[k] for k in (*rewards.COMPONENTS, "total")}, "rm_raw_chosen": cs["rm_raw"],
                     "rm_raw_rejected": c["rm_raw"], "judge_chosen": cs["judge"], "judge_rejected": c["judge"],
                     "chosen_tokens": n_tokens(text), "rejected_tokens": n_tokens(c["text"]), "rank": rank,
-                    "num_pairs": len(picks), "candidates": counts["candidates"], "qualified": counts["verified_wrong"],
+                    "num_pairs": len(picks[p["id"]]), "candidates": counts["candidates"],
+                    "qualified": counts["verified_wrong"],
                     "source": cfg.negative_source, "chosen_source": cfg.chosen_source, "generator": cfg.generator,
                     "model": cfg.model, "seed": cfg.seed})
                 totals["pairs"] += 1

@@ -231,6 +231,9 @@ def test_resume_skips_done_ids_and_loses_nothing(tiny_model_dir, tmp_path, monke
     assert texts(after, PROBLEMS[1]["id"]) == texts(before, PROBLEMS[1]["id"])  # seeded per problem: same pairs
     with pytest.raises(DataError, match="negative_source"):
         run(tmp_path, tiny_model_dir, negative_source="rejection")
+    assert json.loads((tmp_path / "config.json").read_text())["load_in_4bit"] is False  # resolved: CPU
+    with pytest.raises(DataError, match="load_in_4bit: saved False, now True"):  # 4-bit pairs would join bf16 ones
+        run(tmp_path, tiny_model_dir, negative_source="perturbed", pairs_per_problem=2, limit=3, load_in_4bit=True)
     config = json.loads((tmp_path / "config.json").read_text())  # as if made with another prompt template
     (tmp_path / "config.json").write_text(json.dumps({**config, "prompt_template": "0123456789ab"}))
     with pytest.raises(DataError, match="prompt_template"):
