@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from pns_mini.config import main_guard, save_config
 from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs,
-                           write_atomic)
+                           write_atomic, write_jsonl)
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
                                save_atomic, token_logprobs, trainable_parameters)
@@ -278,10 +278,9 @@ def main(cfg: Config) -> dict:
     pairs, counts = tokenize_pairs(rows, tokenizer, cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:  # what the model sees, for inspection
-        for p in pairs[:3]:
-            f.write(json.dumps({"line": p["line"], **{k: tokenizer.decode(p[k]) for k in ("prompt", "chosen", "rejected")},
-                                **{f"{k}_tokens": len(p[k]) for k in ("prompt", "chosen", "rejected")}}) + "\n")
+    sides = ("prompt", "chosen", "rejected")  # samples.jsonl: the first pairs as the model sees them
+    write_jsonl(out / "samples.jsonl", ({"line": p["line"], **{k: tokenizer.decode(p[k]) for k in sides},
+                                         **{f"{k}_tokens": len(p[k]) for k in sides}} for p in pairs[:3]))
 
     B = cfg.per_device_train_batch_size
     pairs_per_step = B * cfg.gradient_accumulation_steps

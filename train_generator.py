@@ -46,7 +46,8 @@ from pns_mini import rewards, scorers
 from pns_mini.config import main_guard, save_config
 from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems, write_atomic
 from pns_mini.generation import sample
-from pns_mini.losses import GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, zero_std_fraction
+from pns_mini.losses import (GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, grpo_normalizer,
+                             zero_std_fraction)
 from pns_mini.modeling import (load_model_and_tokenizer, reference_model, resolve_device, save_atomic,
                                token_logprobs, trainable_parameters)
 from pns_mini.runs import (check_run_folder, epoch_order, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
@@ -320,9 +321,7 @@ def main(cfg: Config) -> dict:
         if cfg.mask_truncated_completions:  # TRL semantics: out of the loss, still in the group's advantage
             mask = mask * (~rollout.truncated).to(device).long().unsqueeze(1)
         T, adv = mask.shape[1], advantages.to(device)
-        # D: the GLOBAL divisor of grpo_loss (the table in its docstring), the same for every micro-batch
-        D = {"grpo": float(B * G), "dr_grpo": float(B * G * cfg.max_completion_length),
-             "dapo": max(1.0, float(mask.sum()))}[cfg.loss_type]  # dapo: >= 1 even when every row is masked out
+        D = grpo_normalizer(cfg.loss_type, mask, cfg.max_completion_length)  # GLOBAL: the same for every micro-batch
         # num_iterations == 1: old = None -> logps.detach() (ratio 1), as TRL; else a no-grad pass before updating
         old = no_grad_logps(model, ids, attn, T, chunks, cfg.temperature) if cfg.num_iterations > 1 else None
         ref = None

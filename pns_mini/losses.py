@@ -145,6 +145,21 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1  # (N, T)
 
 
+def grpo_normalizer(loss_type: str, completion_mask: torch.Tensor, max_completion_length: int | None = None) -> float:
+    """The divisor D of `grpo_loss` for the rows of `completion_mask` (N, T): "grpo" N sequences,
+    "dr_grpo" N * L (L = max_completion_length), "dapo" the completion tokens (at least 1, so an
+    all-masked batch gives loss 0). Under gradient accumulation: pass the whole optimizer batch's
+    mask, then give the result as `normalizer` to every micro-batch."""
+    n = completion_mask.size(0)
+    if loss_type == "grpo":
+        return float(n)
+    if loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("loss_type='dr_grpo' needs max_completion_length (or a normalizer)")
+        return float(n * max_completion_length)
+    return max(1.0, float(completion_mask.sum()))  # dapo
+
+
 def grpo_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor | None,
@@ -184,7 +199,7 @@ def grpo_loss(
         loss_type: how the masked per-token losses are reduced; see the table below.
         max_completion_length: L, the generation budget; needed by "dr_grpo" when no normalizer.
         normalizer: the divisor D below. Leave None for a single (micro-)batch that is the whole
-            optimizer batch. Under gradient accumulation, pass the GLOBAL value (table) to every
+            optimizer batch. Under gradient accumulation, pass the GLOBAL value (`grpo_normalizer`) to every
             micro-batch and simply sum the micro-batch losses (or their gradients): the sum then
             equals the loss of the full batch, whatever the micro-batch sizes or token counts.
 
@@ -247,23 +262,11 @@ def grpo_loss(
     # --- reduction: S / D (see the table in the docstring) ---
     if loss_type == "grpo":
         summed = masked_mean(per_token, mask, dim=-1).sum()  # sum of per-sequence means
-        default = float(logps.size(0))
     else:
         summed = (per_token * mask).sum()  # sum over every completion token
-        if loss_type == "dr_grpo":
-            if max_completion_length is None and normalizer is None:
-                raise ValueError(
-                    "loss_type='dr_grpo' needs max_completion_length (or a normalizer)"
-                )
-            if max_completion_length is not None and logps.size(1) > max_completion_length:
-                raise ValueError(
-                    f"completions have {logps.size(1)} columns > "
-                    f"max_completion_length={max_completion_length}"
-                )
-            default = float(logps.size(0) * (max_completion_length or 0))
-        else:  # dapo
-            default = mask.sum().clamp(min=1.0)
-    divisor = default if normalizer is None else normalizer
+    if loss_type == "dr_grpo" and max_completion_length is not None and logps.size(1) > max_completion_length:
+        raise ValueError(f"completions have {logps.size(1)} columns > max_completion_length={max_completion_length}")
+    divisor = grpo_normalizer(loss_type, mask, max_completion_length) if normalizer is None else normalizer
     if float(divisor) <= 0:
         raise ValueError(f"the loss normalizer must be > 0, got {float(divisor)}")
     loss = summed / divisor

@@ -20,6 +20,7 @@ from pns_mini.losses import (
     dpo_loss,
     group_advantages,
     grpo_loss,
+    grpo_normalizer,
     kl_k3,
     masked_mean,
     reward_model_loss,
@@ -199,6 +200,16 @@ def test_grpo_loss_rejects_bad_arguments():
         grpo_loss(logps, None, None, adv, MASK, loss_type="dr_grpo")  # no max_completion_length
     with pytest.raises(ValueError):
         grpo_loss(logps, None, None, adv, MASK, loss_type="bnpo")
+
+
+def test_grpo_normalizer_by_hand():
+    # MASK: 2 completions of 3 and 2 tokens; budget L = 4
+    assert grpo_normalizer("grpo", MASK) == 2.0  # sequences
+    assert grpo_normalizer("dr_grpo", MASK, max_completion_length=4) == 8.0  # sequences x L
+    assert grpo_normalizer("dapo", MASK) == 5.0  # completion tokens
+    assert grpo_normalizer("dapo", torch.zeros_like(MASK)) == 1.0  # all masked out: loss 0, not 0 / 0
+    with pytest.raises(ValueError, match="max_completion_length"):
+        grpo_normalizer("dr_grpo", MASK)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
