@@ -303,20 +303,22 @@ def main(cfg: Config) -> dict:
 
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    start_step, _ = runs.start_run(out, model, optimizer, [metrics_path])
+    start_step, extra = runs.start_run(out, model, optimizer, [metrics_path])
     scheduler = runs.make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_scheduler_type, start_step)
 
-    pairs_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    B = cfg.per_device_train_batch_size
+    pairs_per_step = B * cfg.gradient_accumulation_steps
+    position = extra.get("position", 0)  # the data cursor, as in train_generator.py and train_dpo.py
     model.train()
     bar = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="reward model")
     for step in bar:
         t0 = time.time()
         optimizer.zero_grad(set_to_none=True)
         stats = []
+        step_pairs = [train_pairs[i] for i in runs.epoch_order(len(train_pairs), cfg.seed, position, pairs_per_step)]
+        position += pairs_per_step
         for micro in range(cfg.gradient_accumulation_steps):
-            start = step * pairs_per_step + micro * cfg.per_device_train_batch_size
-            batch = [train_pairs[i] for i in runs.epoch_order(len(train_pairs), cfg.seed, start,
-                                                              cfg.per_device_train_batch_size)]
+            batch = step_pairs[micro * B:(micro + 1) * B]
             # ---- score: chosen and rejected sides of B pairs in one forward of 2B rows ----
             scores = score_rows(model, [p["chosen_ids"] for p in batch] + [p["rejected_ids"] for p in batch], pad_id)
             chosen, rejected = scores[:len(batch)], scores[len(batch):]  # (B,), (B,)
@@ -332,7 +334,7 @@ def main(cfg: Config) -> dict:
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
 
-        row = {"step": step + 1, "epoch": round((step + 1) * pairs_per_step / len(train_pairs), 4),
+        row = {"step": step + 1, "epoch": round(position / len(train_pairs), 4),
                **{k: sum(d[k] for d in stats) / len(stats) for k in stats[0]},
                "grad_norm": grad_norm.item(), "lr": lr, "step_time_s": round(time.time() - t0, 3)}
         if eval_pairs and ((cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or step + 1 == cfg.max_steps):
@@ -345,7 +347,7 @@ def main(cfg: Config) -> dict:
                         **({"eval_acc": f"{row['eval/accuracy']:.2f}"} if "eval/accuracy" in row else {}))
         if (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or step + 1 == cfg.max_steps:  # always one at the end
             runs.save_checkpoint(out, step + 1, model, tokenizer, optimizer, scheduler,
-                                 extra={"position": (step + 1) * pairs_per_step})
+                                 extra={"position": position})
     bar.close()
 
     # ---- save: the adapter, and the merged plain model ----
