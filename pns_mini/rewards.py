@@ -13,8 +13,10 @@ but look right. The paper gives the parts of its reward; the weights and the gat
           = w_f * format + w_a * accuracy + w_rm * rm + w_j * judge  if verified wrong
           = w_f * format                                             otherwise (correct)
 
-Every component is pure, returned separately and logged even when gating keeps it out of the
-total. The anti-hacking choices, each detailed next to its rule below:
+Every component is pure, returned separately and logged. A model score given as a list is
+logged even where gating keeps it out of the total; a scorer is run only where it counts
+(`score_completions`: 0.0 elsewhere; stage 1 logs the means over those rows as scored/*).
+The anti-hacking choices, each detailed next to its rule below:
 
 * An answer that cannot be found or parsed is a FORMAT failure, never a "wrong answer" win
   (else the cheapest wrong answer would be no answer at all).
