@@ -18,11 +18,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from evaluate import bootstrap_ci  # noqa: E402  (the one bootstrap of the project)
+from experiments.paper import SCALES, Config, pair_count  # noqa: E402
 from pns_mini.data import iter_jsonl_tolerant, read_jsonl, write_atomic, write_jsonl  # noqa: E402
 from pns_mini.report import text_of  # noqa: E402
-from pns_mini.rewards import FORMAT_REASONS  # noqa: E402
-
-SOURCES = ("pns", "rejection", "prompted", "perturbed")
+from pns_mini.rewards import FORMAT_REASONS, plausibility_counts  # noqa: E402
+from synthesize import SOURCES  # noqa: E402
 SCORERS = ("rm_a", "rm_b", "judge")
 SCORER_NAMES = {"rm_a": "rm-a (stage-1 reward)", "rm_b": "rm-b (held out)", "judge": "judge (0-3)"}
 PAPER = "the paper's Figure 1 (Qwen3-4B RM): plausible negative +3.34, correct +3.21, rejection-sampled -3.13"
@@ -159,7 +159,7 @@ def stage1_table(out: Path, seed: int) -> list[str]:
     k = max(1, len(steps) // 4)
     first = [r for r in rows if r["step"] in steps[:k]]
     last = [r for r in rows if r["step"] in steps[-k:]]
-    measures = {"well-formed and wrong": lambda r: float(not r["format_reason"] and r["verdict"] == "wrong"),
+    measures = {"well-formed and wrong": lambda r: float(plausibility_counts(r)),
                 "correct": lambda r: float(r["verdict"] == "correct"),
                 **{f"reward/{c}": (lambda c: lambda r: r[c])(c)
                    for c in ("total", "format", "accuracy", "reward_model", "judge")},
@@ -170,9 +170,8 @@ def stage1_table(out: Path, seed: int) -> list[str]:
              f"({len(first)} and {len(last)} completions; mean [95% bootstrap]):", "",
              "| measure | first | last | last - first |", "| --- | --- | --- | --- |"]
     for name, f in measures.items():
-        a, b = [f(r) for r in first], [f(r) for r in last]
-        diff = bootstrap_mean(b, seed)[0] - bootstrap_mean(a, seed)[0]
-        lines.append(f"| {name} | {fmt(bootstrap_mean(a, seed))} | {fmt(bootstrap_mean(b, seed))} | {diff:+.2f} |")
+        a, b = bootstrap_mean([f(r) for r in first], seed), bootstrap_mean([f(r) for r in last], seed)
+        lines.append(f"| {name} | {fmt(a)} | {fmt(b)} | {b[0] - a[0]:+.2f} |")
     plots = [p for p in ("rewards", "outcomes", "kl") if (out / "generator" / "plots" / f"{p}.png").exists()]
     return lines + [""] + [f"![{p}](generator/plots/{p}.png)" for p in plots]
 
@@ -196,7 +195,6 @@ def correctness(folder: Path) -> dict[tuple[str, str], float]:
 
 
 def main_table(out: Path, seed: int) -> list[str]:
-    from experiments.paper import pair_count
     base = correctness(out / "eval-base")
     if not base:
         return []
@@ -251,16 +249,13 @@ def write_report(cfg, out: Path, stages: list[dict]) -> Path:
         *[f"| {s['name']} | {s['seconds'] / 60:.1f} | `{s['command']}` |" for s in stages],
         f"| total | {total / 60:.1f} | (last attempt of each stage; model loading included) |", "",
         "## Resizing", "", "Every size is a flag of experiments/paper.py (or its preset, --scale smoke | cpu | gpu): "
-        "--model, --n-rm, --n-stage1, --n-synth, --num-candidates, --max-completion-length, --stage1-steps, "
-        "--prompts-per-step, --num-generations, --dpo-steps, --eval-benchmarks, --eval-limit. "
-        "Settings of this run: experiment.json.", ""]
+        + ", ".join("--" + k.replace("_", "-") for k in SCALES["cpu"]) + ". Settings of this run: experiment.json.", ""]
     path = out / "report.md"
     write_atomic(path, "\n".join(text))
     return path
 
 
 if __name__ == "__main__":
-    from experiments.paper import Config
     folder = Path(sys.argv[1])
     config = Config(**json.loads((folder / "experiment.json").read_text()))
     stages_done = [json.loads(p.read_text()) for p in sorted((folder / "stages").glob("*.json"),

@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))  # the stage scripts live in the repository root
 from pns_mini.config import main_guard, parse_config, save_config  # noqa: E402
 from pns_mini.data import (DataError, append_jsonl, iter_jsonl_tolerant, load_problems, write_atomic,  # noqa: E402
                            write_jsonl)
-
-SOURCES = ("pns", "rejection", "prompted", "perturbed")
+from evaluate import benchmark_names  # noqa: E402
+from synthesize import SOURCES  # noqa: E402  (the four negative sources, in report order)
 # Sizes per scale. cpu: the run published in docs/results.md (about 2 h on this 2-core machine,
 # where a stage-1 step of 8 x 192 tokens takes ~75 s: 32 steps, not more, fit that budget);
 # gpu: a 0.5B-1.5B instruct model on one consumer GPU (an estimate, not measured here); smoke:
@@ -258,7 +258,8 @@ def run_all(cfg: Config, out: Path) -> list[dict]:
     # ---- 6-7: DPO per source, evaluation of the base and of each adapter ------------------------
     evals = ["--model", cfg.model, "--benchmarks", cfg.eval_benchmarks, "--limit", str(cfg.eval_limit),
              "--max-completion-length", str(cfg.eval_max_completion_length),
-             "--batch-size", str(min(64, 2 * cfg.eval_limit)),  # one or two batches: a wide decode is cheaper per row
+             # a wide decode is cheaper per row: all the problems in one batch, up to 64
+             "--batch-size", str(min(64, len(benchmark_names(cfg.eval_benchmarks)) * cfg.eval_limit)),
              "--seed", str(cfg.seed)]
     if cfg.data_dir:
         evals += ["--data-dir", cfg.data_dir]
