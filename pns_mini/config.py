@@ -26,6 +26,8 @@ import types
 import typing
 from pathlib import Path
 
+from .data import write_atomic
+
 
 def field_docs(cls) -> dict[str, str]:
     """{field name: the docstring literal right under it} read from the class source."""
@@ -138,7 +140,6 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 def save_config(cfg, path: str | Path, **extra) -> None:
     """config.json (the config's fields, then `extra`), written to a temp name and renamed: a kill
     never leaves half of one."""
-    from .data import write_atomic
     write_atomic(path, json.dumps({**dataclasses.asdict(cfg), **extra}, indent=2, default=str) + "\n")
 
 

@@ -58,9 +58,14 @@ def trl_reward_functions(rm_scorer=None, judge_scorer=None, weights: dict[str, f
         return [make_pns_composite_reward(rm_scorer, judge_scorer, weights, **format_kw)], [1.0]
     w = resolve_weights(weights)
 
+    last = {}  # TRL calls `format`, then `accuracy`, on the same batch: grade it once for both
+
     def rows(prompts, completions, kwargs):
         _, texts, golds, truncated = _trl_columns(prompts, completions, kwargs)
-        return score_completions(texts, golds, truncated, None, None, **format_kw)
+        key = (tuple(texts), tuple(golds), tuple(truncated))
+        if last.get("key") != key:
+            last.update(key=key, rows=score_completions(texts, golds, truncated, None, None, **format_kw))
+        return last["rows"]
 
     def model_scores(scorer, prompts, completions, kwargs):
         questions, texts, _, _ = _trl_columns(prompts, completions, kwargs)
