@@ -358,15 +358,16 @@ def main(cfg: Config) -> dict:
 
         # --- log, warn, checkpoint ---
         row = {"step": step, "epoch": round(position / len(pairs), 4), **sums, "grad_norm": grad_norm.item(), "lr": lr}
-        drop = -row["logps/chosen_vs_ref"]
-        row["warning/chosen_logp_drop"] = cfg.chosen_logp_drop_warning is not None and drop > cfg.chosen_logp_drop_warning
+        limit = cfg.chosen_logp_drop_warning
+        row["warning/chosen_logp_drop"] = limit is not None and -row["logps/chosen_vs_ref"] > limit
         row["seconds_per_step"] = round(time.perf_counter() - t0, 3)
         append_jsonl(metrics_path, row)
         if row["warning/chosen_logp_drop"] and not warned:
             warned = True
-            tqdm.write(f"WARNING step {step}: logps/chosen is {drop:.2f} nats below the reference on this step's "
-                       f"pairs (margin {row['rewards/margins']:.3f}): DPO is lowering the likelihood of the correct "
-                       f"solutions. Consider --rpo-alpha 1.0 (flag in metrics.jsonl: warning/chosen_logp_drop)")
+            tqdm.write(f"WARNING step {step}: logps/chosen is {-row['logps/chosen_vs_ref']:.2f} nats below "
+                       f"the reference on this step's pairs (margin {row['rewards/margins']:.3f}): DPO is "
+                       f"lowering the likelihood of the correct solutions. Consider --rpo-alpha 1.0 "
+                       f"(flag in metrics.jsonl: warning/chosen_logp_drop)")
         bar.set_postfix_str(f"loss {row['loss']:.4f} margin {row['rewards/margins']:.3f} "
                             f"acc {row['rewards/accuracies']:.2f} logp_c {row['logps/chosen']:.1f} "
                             f"logp_r {row['logps/rejected']:.1f} gn {row['grad_norm']:.2f} lr {lr:.1e} "
@@ -381,7 +382,8 @@ def main(cfg: Config) -> dict:
     # --- save, plot, report ---
     save_atomic(model, tokenizer, out / "final")
     if cfg.merge:  # a 4-bit base cannot be merged: reload it unquantized in the model dtype
-        merge_and_save(*load_model_and_tokenizer(str(out / "final"), device=cfg.device, dtype=cfg.dtype), out / "merged")
+        merged = load_model_and_tokenizer(str(out / "final"), device=cfg.device, dtype=cfg.dtype)
+        merge_and_save(*merged, out / "merged")
     plot_metrics(metrics_path, out / "plots", {
         "loss": ["loss", "nll_loss"], "rewards": ["rewards/chosen", "rewards/rejected", "rewards/margins"],
         "logps": ["logps/chosen", "logps/rejected"], "logps_vs_ref": ["logps/chosen_vs_ref"],

@@ -164,7 +164,8 @@ class Config:
             raise ValueError(f"--per-device-train-batch-size {self.per_device_train_batch_size} must divide "
                              f"prompts_per_step x num_generations = {N}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("--temperature must be > 0 (the loss needs the sampling distribution) and --top-p in (0, 1]")
+            raise ValueError("--temperature must be > 0 (the loss needs the sampling distribution) "
+                             "and --top-p in (0, 1]")
         if self.beta < 0 or self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ValueError("--beta must be >= 0, --epsilon > 0 and --epsilon-high >= 0")
         for name, allowed in (("loss_type", GRPO_LOSS_TYPES), ("scale_rewards", SCALE_REWARDS)):
@@ -212,8 +213,9 @@ def step_metrics(scored: list[dict], totals: torch.Tensor, G: int, rollout) -> d
 def write_report(out: Path, cfg: Config, rows: list[dict], n_problems: int) -> None:
     """report.md: component means over the first vs last few steps, and the time split."""
     k = max(1, min(3, len(rows) // 2))
-    keys = [f"reward/{c}" for c in ("total",) + rewards.COMPONENTS] + ["rate/format", "rate/wrong_well_formed",
-            "rate/correct", "rate/no_answer", "rate/truncated", "frac_reward_zero_std", "length/mean", "kl", "grad_norm"]
+    keys = [f"reward/{c}" for c in ("total",) + rewards.COMPONENTS] + [
+        "rate/format", "rate/wrong_well_formed", "rate/correct", "rate/no_answer", "rate/truncated",
+        "frac_reward_zero_std", "length/mean", "kl", "grad_norm"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
 
     def mean(rs, key):  # None when a row lacks the value (kl with beta 0)
@@ -367,16 +369,18 @@ def main(cfg: Config) -> dict:
         if step == 1 or step % cfg.log_samples_steps == 0:
             for i, r in enumerate(scored):
                 append_jsonl(samples_path, {
-                    "step": step, "prompt_id": row_problems[i]["id"], "question": questions[i], "completion": texts[i],
-                    "answer": r["answer"], "gold": golds[i], "verdict": r["verdict"], "format_reason": r["format_reason"],
+                    "step": step, "prompt_id": row_problems[i]["id"], "question": questions[i],
+                    "completion": texts[i], "answer": r["answer"], "gold": golds[i], "verdict": r["verdict"],
+                    "format_reason": r["format_reason"],
                     **{name: r[name] for name in ("total",) + rewards.COMPONENTS},
                     "advantage": advantages[i].item(), "truncated": truncated[i], "length": int(rollout.lengths[i])})
         kl_text = "-" if row["kl"] is None else f"{row['kl']:.4f}"
-        bar.set_postfix_str(f"R {row['reward/total']:.2f} fmt {row['reward/format']:.2f} acc {row['reward/accuracy']:.2f} "
-                            f"rm {row['reward/reward_model']:.2f} judge {row['reward/judge']:.2f} | "
-                            f"correct {row['rate/correct']:.2f} no_ans {row['rate/no_answer']:.2f} "
-                            f"zero_std {row['frac_reward_zero_std']:.2f} | kl {kl_text} len {row['length/mean']:.0f} "
-                            f"gn {row['grad_norm']:.3f} | gen/score/upd {t_generate:.0f}/{t_score:.0f}/{t_update:.0f}s")
+        bar.set_postfix_str(f"R {row['reward/total']:.2f} fmt {row['reward/format']:.2f} "
+                            f"acc {row['reward/accuracy']:.2f} rm {row['reward/reward_model']:.2f} "
+                            f"judge {row['reward/judge']:.2f} | correct {row['rate/correct']:.2f} "
+                            f"no_ans {row['rate/no_answer']:.2f} zero_std {row['frac_reward_zero_std']:.2f} | "
+                            f"kl {kl_text} len {row['length/mean']:.0f} gn {row['grad_norm']:.3f} | "
+                            f"gen/score/upd {t_generate:.0f}/{t_score:.0f}/{t_update:.0f}s")
         bar.update(1)
         if step % cfg.save_steps == 0 or step == cfg.max_steps:
             save_checkpoint(out, step, model, tokenizer, optimizer, scheduler,

@@ -249,7 +249,8 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
     def row(name, s):
         return f"| {name} | - | - | - | - | - |" if s is None else (
             f"| {name} | {s['pairs']} | {s['accuracy']:.3f} ({s['accuracy_ci95'][0]:.2f}-{s['accuracy_ci95'][1]:.2f}) "
-            f"| {s['score_mean']:+.3f} | {s['chosen_mean']:+.3f} / {s['rejected_mean']:+.3f} | {s['margin_mean']:+.3f} |")
+            f"| {s['score_mean']:+.3f} | {s['chosen_mean']:+.3f} / {s['rejected_mean']:+.3f} "
+            f"| {s['margin_mean']:+.3f} |")
     n, group_rows = summary["pairs"], []
     for name in ("eval", "train"):
         if summary.get(f"{name}_by_group"):
@@ -264,8 +265,9 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
         f"({cfg.lr_scheduler_type}). Pairs: {n['train']} train, {n['eval']} held out (by prompt), "
         f"{n['dropped_too_long']} dropped as longer than {cfg.max_length} tokens.", "",
         "Scores of the merged model in `final/` (eval mode):", "",
-        "| split | pairs | accuracy (95% Wilson) | mean score | chosen / rejected mean | margin |", "| --- | --- | --- | --- | --- | --- |",
-        row("held-out", summary["eval"]), row("train", summary["train"]), "", *group_rows, "![scores](plots/score_hist.png)", "",
+        "| split | pairs | accuracy (95% Wilson) | mean score | chosen / rejected mean | margin |",
+        "| --- | --- | --- | --- | --- | --- |", row("held-out", summary["eval"]), row("train", summary["train"]), "",
+        *group_rows, "![scores](plots/score_hist.png)", "",
         "Load it with `--reward-model final` (merged) or `--reward-model adapter`. Curves: plots/*.png.", ""]))
 
 
@@ -377,9 +379,9 @@ def main(cfg: Config) -> dict:
         hist["held-out" if name == "eval" else "train"] = (chosen, rejected)
         groups = by_group(split)
         if len(groups) > 1:  # e.g. synthesize.py's negative sources: which kinds of negatives it tells apart
-            summary[f"{name}_by_group"] = {g: {"pairs": len(idx), "accuracy": (chosen[idx] > rejected[idx]).float().mean().item(),
-                                               "margin_mean": (chosen[idx] - rejected[idx]).mean().item()}
-                                           for g, idx in groups.items()}
+            summary[f"{name}_by_group"] = {
+                g: {"pairs": len(idx), "accuracy": (chosen[idx] > rejected[idx]).float().mean().item(),
+                    "margin_mean": (chosen[idx] - rejected[idx]).mean().item()} for g, idx in groups.items()}
         if name == "eval":
             samples = [{**{k: v for k, v in p.items() if k not in ("chosen_ids", "rejected_ids")}, "chosen_score": c,
                         "rejected_score": r} for p, c, r in zip(split, chosen.tolist(), rejected.tolist())]

@@ -59,7 +59,7 @@ def score_negatives(cfg, out: Path, problems_file: str) -> Path:
     import torch
 
     from pns_mini.modeling import load_model_and_tokenizer
-    from pns_mini.scorers import JudgeScorer, RewardModelScorer
+    from pns_mini.scorers import JudgeScorer, classifier_reward_model
 
     questions = {p["id"]: p["question"] for p in read_jsonl(problems_file)}
     items = {}  # (group, id) -> text; the chosen of a problem is the same gold in every source
@@ -72,10 +72,9 @@ def score_negatives(cfg, out: Path, problems_file: str) -> Path:
     scores = {}
     with torch.no_grad():
         for name in ("rm_a", "rm_b"):
-            model, tok = load_model_and_tokenizer(str(out / name.replace("_", "-") / "final"), device=cfg.device,
-                                                  num_labels=1)
-            scores[name] = RewardModelScorer(model, tok, kind="classifier").raw(qs, texts) if keys else []
-            del model
+            rm = classifier_reward_model(str(out / name.replace("_", "-") / "final"), name, device=cfg.device)
+            scores[name] = rm.raw(qs, texts) if keys else []
+            del rm
         model, tok = load_model_and_tokenizer(cfg.model, device=cfg.device)
         scores["judge"] = JudgeScorer(model, tok).raw(qs, texts) if keys else []
     path = out / "figure1" / "scores.jsonl"

@@ -498,9 +498,7 @@ def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, j
         model, tok, use_ref = base()
         rm = RewardModelScorer(model, tok, kind="generative", use_reference=use_ref, shared=shared, **opts)
     else:
-        model, tok = _load(reward_model, "--reward-model", num_labels=1, **load)
-        _check_trained_head(model, reward_model)
-        rm = RewardModelScorer(model, tok, kind="classifier", **opts)
+        rm = classifier_reward_model(reward_model, **opts, **load)
     if judge_on_base:
         model, tok, use_ref = base()
         judge = JudgeScorer(model, tok, use_reference=use_ref, criteria=criteria, share_prefix=share_prefix,
@@ -511,17 +509,23 @@ def build_scorers(policy_model, policy_tokenizer, *, reward_model: str | None, j
     return rm, judge
 
 
-def _check_trained_head(model, name: str) -> None:
-    """Loading a causal LM with num_labels=1 silently adds a RANDOM score head: refuse it."""
+def classifier_reward_model(name: str, option: str = "--reward-model", *, batch_size: int = 8,
+                            max_length: int = 2048, **load) -> RewardModelScorer:
+    """The classifier reward model in `name` (a merged folder, or an adapter on a sequence-
+    classification base, as train_reward_model.py writes), loaded with num_labels=1. Loading a
+    causal LM that way silently adds a RANDOM score head: that, or an adapter without a trained
+    `score` module, raises ModelLoadError naming `option`."""
+    model, tok = _load(name, option, num_labels=1, **load)
     peft_config = getattr(model, "peft_config", {}).get("default")
     if peft_config is not None:
         trained = str(peft_config.task_type).endswith("SEQ_CLS") and "score" in (peft_config.modules_to_save or [])
     else:
         trained = any(a.endswith("ForSequenceClassification") for a in (model.config.architectures or []))
     if not trained:
-        raise ModelLoadError(f"--reward-model {name!r} holds no trained reward head (a causal LM or an adapter "
+        raise ModelLoadError(f"{option} {name!r} holds no trained reward head (a causal LM or an adapter "
                              f"without a 'score' module); give a folder written by train_reward_model.py, or "
                              f"omit --reward-model to use the generative verifier")
+    return RewardModelScorer(model, tok, kind="classifier", batch_size=batch_size, max_length=max_length)
 
 
 def _load(name: str, option: str, **kwargs):
