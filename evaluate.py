@@ -22,7 +22,8 @@ Method choices:
   95% percentile bootstrap over PROBLEMS (for the average, stratified by benchmark). pass@j for
   j = 2, 4, ... up to k (Chen et al. 2021); maj@k votes with equivalent answers grouped by the grader.
 - Batches hold batch_size // k consecutive problems, all k samples of a problem together; greedy
-  results do not depend on the batch size (tested). Sampling is seeded per batch.
+  results do not depend on the batch size (tested). Sampling is seeded per problem (--seed,
+  benchmark, id), so a problem's samples are the same in any batch, resumed or not.
 - Resume: a rerun skips the problems in samples.jsonl and redoes one with fewer than k rows; other
   decoding settings, a changed prompt or another --extraction in the same folder are refused.
   --regrade re-grades the saved completions with --extraction (golds re-read where the benchmark loads).
@@ -345,14 +346,9 @@ def main(cfg: Config) -> dict:
     recorded = {(r["benchmark"], r["id"]): r["prompt"] for r in load_records(samples_path, k)}
     n_pending = sum((name, p["id"]) not in recorded for name, ps in problems.items() for p in ps)
     print(f"{out}: {len(recorded)} problems already recorded, {n_pending} to generate ({k} sample(s) each)")
+    todo = [(name, p) for name, ps in problems.items() for p in ps]
     if n_pending:
         model, tokenizer = modeling.load_model_and_tokenizer(cfg.model, adapter=cfg.adapter)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, config_path)
-    runs.remove_stale_temps(out)  # a killed write_atomic's .samples.jsonl.tmp-PID
-
-    if n_pending:
-        todo = [(name, p) for name, ps in problems.items() for p in ps]
         def prompt_of(p):
             return data.format_prompt(tokenizer, p["question"], enable_thinking=cfg.enable_thinking)
 
@@ -362,6 +358,11 @@ def main(cfg: Config) -> dict:
                 raise RunMismatchError(f"{samples_path}: the recorded prompt of {p['id']} differs from the "
                                        f"current one (template {data.prompt_template_hash()}); "
                                        "use another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, config_path)  # every check passed: the folder is this run's
+    runs.remove_stale_temps(out)  # a killed write_atomic's .samples.jsonl.tmp-PID
+
+    if n_pending:
         per_batch = max(1, cfg.batch_size // k)  # problems per batch: all k samples of a problem together
         bar = tqdm(total=n_pending, desc="evaluate", unit="problem", dynamic_ncols=True)
         correct, seen = 0, 0
@@ -371,11 +372,10 @@ def main(cfg: Config) -> dict:
                 continue
             # --- generation: k samples per problem, KV-cached, rows prompt-major ---
             prompts = [prompt_of(p) for _, p in batch]
-            t0 = time.perf_counter()  # seed: the batch's first problem by crc32 (hash() differs per process)
+            t0 = time.perf_counter()  # seeded per problem: a rerun that redoes a problem draws its samples again
             comp = generation.sample(model, tokenizer, prompts, num_samples=k, temperature=cfg.temperature,
                                      top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
-                                     batch_size=cfg.batch_size,
-                                     seed=zlib.crc32(f"{cfg.seed}/{todo[start][0]}/{todo[start][1]['id']}".encode()))
+                                     batch_size=cfg.batch_size, seed=[f"{cfg.seed}/{n}/{p['id']}" for n, p in batch])
             seconds = time.perf_counter() - t0
             lengths = comp.lengths.tolist()  # (N,) completion tokens, EOS included
             # --- grading: one row per sample, flushed as it is written ---

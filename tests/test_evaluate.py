@@ -6,6 +6,7 @@ decoding settings are refused, --regrade recomputes verdicts from the saved comp
 with another --extraction, which a plain rerun may not mix in), greedy
 results do not depend on the batch size, and k > 1 gives pass@k and maj@k (hand-computed from
 scripted completions, and a real sampled run)."""
+import dataclasses
 import json
 import shutil
 import sys
@@ -177,8 +178,10 @@ def test_other_decoding_settings_are_refused(smoke_run, tmp_path, varied_model_d
     rows[-1]["prompt"] = rows[-1]["prompt"].replace("step by step", "briefly")
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.undo()
+    saved_config = (out / "config.json").read_text()
     with pytest.raises(evaluate.RunMismatchError, match="recorded prompt of offline/2"):
         evaluate.main(tiny_cfg(varied_model_dir, data_dir, out, benchmarks="offline", limit=4))
+    assert (out / "config.json").read_text() == saved_config  # a refused rerun writes nothing
 
 
 def test_regrade_recomputes_verdicts(smoke_run, tmp_path, data_dir, monkeypatch):
@@ -257,10 +260,20 @@ def test_k_samples_give_pass_at_k_and_maj_at_k(tmp_path, varied_model_dir, monke
 
 
 def test_k_samples_real_sampling(tmp_path, varied_model_dir):
-    cfg = tiny_cfg(varied_model_dir, None, tmp_path / "k2", benchmarks="offline", limit=2, num_samples=2,
+    cfg = tiny_cfg(varied_model_dir, None, tmp_path / "k2", benchmarks="offline", limit=3, num_samples=2,
                    temperature=1.0, max_completion_length=6)
     stats = evaluate.main(cfg)["benchmarks"]["offline"]
     assert {"pass@2", "maj@2"} <= set(stats) and stats["accuracy"] <= stats["pass@2"]
-    assert len(rows_of(tmp_path / "k2")) == 4
+    rows = rows_of(tmp_path / "k2")
+    assert len(rows) == 6
+    # Seeded per problem: one problem a batch (batch_size 2 // k 2) draws the same samples as two a
+    # batch, and so does a rerun that redoes the second problem of a batch (its rows lost to a kill).
+    evaluate.main(dataclasses.replace(cfg, batch_size=2, output_dir=str(tmp_path / "bs2")))
+    texts = lambda rs: sorted((r["id"], r["sample"], r["completion"]) for r in rs)  # noqa: E731
+    assert texts(rows_of(tmp_path / "bs2")) == texts(rows)
+    assert [r["id"] for r in rows[2:4]] == ["offline/1"] * 2
+    (tmp_path / "k2" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + rows[4:]))
+    evaluate.main(cfg)
+    assert texts(rows_of(tmp_path / "k2")) == texts(rows)
     with pytest.raises(ValueError, match="temperature"):
         Config(num_samples=4)  # k greedy samples would be identical
