@@ -137,7 +137,7 @@ def load_records(path: Path, k: int) -> list[dict]:
 
 def check_same_grading(cfg: Config, config_path: Path) -> None:
     """Refuse to add rows graded one way to rows graded another (folders from before --extraction: strict)."""
-    saved = json.loads(config_path.read_text()).get("extraction", "strict") if config_path.exists() else cfg.extraction
+    saved = runs.read_config(config_path).get("extraction", "strict") if config_path.exists() else cfg.extraction
     if saved != cfg.extraction:
         raise RunMismatchError(f"{config_path}: the samples here were graded with --extraction {saved}, now "
                                f"{cfg.extraction}; pass --extraction {saved}, or regrade them all first with "

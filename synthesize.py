@@ -42,9 +42,11 @@ from pns_mini.report import write_pairs_report
 
 SOURCES = ("pns", "rejection", "prompted", "perturbed")
 RANKED = ("pns", "prompted")  # sources whose negatives select_negatives picks by plausibility; the others at random
-# A resumed run must make the same kind of pairs: these fields and the prompt template's hash must match config.json.
-IDENTITY_FIELDS = ("negative_source", "chosen_source", "model", "generator", "problems",
-                   "reward_model", "judge_model", "seed", "pair_format")
+# A resumed run must make the same kind of pairs: these fields, 4-bit as resolved and the prompts' hash must match
+# config.json (--limit, --batch-size and --device may change: problems are seeded one by one).
+IDENTITY_FIELDS = ("negative_source", "chosen_source", "model", "generator", "problems", "reward_model", "judge_model",
+                   "seed", "pair_format", "num_candidates", "max_completion_length", "temperature", "top_p",
+                   "enable_thinking", "pairs_per_problem", "reward_weights", "dtype")
 Group = list[tuple[str, bool]]  # one problem's K candidates: (text, truncated)
 _NUMBER = re.compile(r"(?<!\d)(?<!\d\.)-?\d+(?:\.\d+)?(?!\.?\d)")  # a number for perturb_solution: "= $38." -> 38
 PROMPTED_INSTRUCTION = (
@@ -277,13 +279,13 @@ def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     if cfg.stats_only:
         return write_pairs_report(out, [Path(p.strip()) for p in cfg.stats_only.split(",") if p.strip()])
-    from pns_mini.modeling import load_model_and_tokenizer, reference_model, resolve_device, resolve_model_path
+    from pns_mini.modeling import load_model_and_tokenizer, reference_model, resolve_loading, resolve_model_path
     from pns_mini.runs import check_same_settings, remove_stale_temps
     from pns_mini.scorers import build_scorers, sigmoid
 
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # bad input fails before any file is written
     # resolved by device; a resumed run must load the models as the run it continues did
-    load_in_4bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else resolve_device(cfg.device).type == "cuda"
+    load_in_4bit = resolve_loading(cfg.device, cfg.dtype, cfg.load_in_4bit)["load_in_4bit"]
     settings = {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS}, "load_in_4bit": load_in_4bit}
     check_same_settings(out / "config.json", {**settings, "prompt_template": template_hash()}, "pairs")
     remove_stale_temps(out)

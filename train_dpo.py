@@ -33,7 +33,6 @@ Method choices and deviations
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -51,9 +50,9 @@ from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, chat_pro
                            write_atomic, write_jsonl)
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
 from pns_mini.modeling import (load_model_and_tokenizer, merge_and_save, reference_model, resolve_device,
-                               save_atomic, token_logprobs, trainable_parameters)
-from pns_mini.runs import (check_run_folder, epoch_order, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
-                           seed_everything, start_run)
+                               resolve_loading, save_atomic, token_logprobs, trainable_parameters)
+from pns_mini.runs import (check_run_folder, epoch_order, fingerprint, make_scheduler, plot_metrics, read_metrics,
+                           save_checkpoint, seed_everything, start_run)
 
 TIMING_KEYS = ("seconds_per_step",)  # the only metrics that differ between identical runs
 # What --resume may change: the run's length, and what is saved or logged; anything else is a new run.
@@ -263,28 +262,29 @@ def write_report(out: Path, cfg: Config, counts: dict, rows: list[dict], extra: 
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path = out / "metrics.jsonl"
-    check_run_folder(out, cfg, RESUMABLE)  # a used folder, or --resume with other settings: refused here
     rows = read_pairs(cfg.pairs)  # fail on a malformed file before the slow model load
+    resolved = {**resolve_loading(cfg.device, cfg.dtype, cfg.load_in_4bit), "data": fingerprint(rows)}
+    check_run_folder(out, cfg, RESUMABLE, resolved, cfg.max_steps)  # a used folder, or a changed run: refused
 
     # --- setup: policy = LoRA on a (4-bit) base, reference = adapter off ---
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    load_in_4bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else device.type == "cuda"
+    device, load_in_4bit = resolve_device(cfg.device), resolved["load_in_4bit"]
     model, tokenizer = load_model_and_tokenizer(
         cfg.model, adapter=cfg.adapter, load_in_4bit=load_in_4bit, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing,  # memory for time
         device=cfg.device, dtype=cfg.dtype, trainable=True)
     model.train()
     pairs, counts = tokenize_pairs(rows, tokenizer, cfg)
+    B = cfg.per_device_train_batch_size
+    pairs_per_step = B * cfg.gradient_accumulation_steps
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * len(pairs) / pairs_per_step))
+    check_run_folder(out, cfg, RESUMABLE, resolved, total_steps)  # again, now that the epochs' steps are known
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
+    save_config(cfg, out / "config.json", resolved=resolved)
     sides = ("prompt", "chosen", "rejected")  # samples.jsonl: the first pairs as the model sees them
     write_jsonl(out / "samples.jsonl", ({"line": p["line"], **{k: tokenizer.decode(p[k]) for k in sides},
                                          **{f"{k}_tokens": len(p[k]) for k in sides}} for p in pairs[:3]))
 
-    B = cfg.per_device_train_batch_size
-    pairs_per_step = B * cfg.gradient_accumulation_steps
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * len(pairs) / pairs_per_step))
     if cfg.warmup_steps >= total_steps:
         tqdm.write(f"note: warmup_steps={cfg.warmup_steps} >= {total_steps} steps: the LR never reaches its peak")
     params = trainable_parameters(model)
@@ -295,8 +295,7 @@ def main(cfg: Config) -> dict:
     if cfg.precompute_ref_log_probs:  # before any update (and before a checkpoint is loaded)
         key_fields = {k: getattr(cfg, k) for k in ("model", "adapter", "dtype", "max_length", "max_completion_length",
                                                    "chat_template_for_strings")}
-        file_hash = hashlib.sha256(Path(cfg.pairs).read_bytes()).hexdigest()
-        key = hashlib.sha256(json.dumps([file_hash, key_fields, load_in_4bit]).encode()).hexdigest()[:16]
+        key = fingerprint([resolved, key_fields])  # the pairs' content, how they are tokenized and loaded
         ref_cache = reference_logps(model, pairs, cfg, pad_id, device, key, out / "ref_logps.pt")
 
     step, extra = start_run(out, model, optimizer, [metrics_path])  # step 0, or the latest checkpoint's

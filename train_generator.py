@@ -48,10 +48,10 @@ from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems,
 from pns_mini.generation import sample
 from pns_mini.losses import (GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, grpo_normalizer,
                              zero_std_fraction)
-from pns_mini.modeling import (load_model_and_tokenizer, reference_model, resolve_device, save_atomic,
-                               token_logprobs, trainable_parameters)
-from pns_mini.runs import (check_run_folder, epoch_order, make_scheduler, plot_metrics, read_metrics, save_checkpoint,
-                           seed_everything, start_run)
+from pns_mini.modeling import (load_model_and_tokenizer, reference_model, resolve_device, resolve_loading,
+                               save_atomic, token_logprobs, trainable_parameters)
+from pns_mini.runs import (check_run_folder, epoch_order, fingerprint, make_scheduler, plot_metrics, read_metrics,
+                           save_checkpoint, seed_everything, start_run)
 
 TIMING_KEYS = ("time/generate", "time/score", "time/update", "time/step", "tokens/s")  # differ between equal runs
 RESUMABLE = ("max_steps", "save_steps", "logging_steps", "log_samples_steps", "device")  # what --resume may change
@@ -251,16 +251,16 @@ PLOT_PANELS = {"rewards": ["reward/total"] + [f"reward/{c}" for c in rewards.COM
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path, samples_path = out / "metrics.jsonl", out / "samples.jsonl"
-    check_run_folder(out, cfg, RESUMABLE)  # a used folder, or --resume with other settings: refused here
     weights = rewards.parse_reward_weights(cfg.reward_weights)
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # fails on bad data before the model load
     if not problems:
         raise DataError(f"--problems {cfg.problems!r} (limit {cfg.limit}) gave no problems")
+    resolved = {**resolve_loading(cfg.device, cfg.dtype, cfg.load_in_4bit), "data": fingerprint(problems)}
+    check_run_folder(out, cfg, RESUMABLE, resolved, cfg.max_steps)  # a used folder, or a changed run: refused
 
     # --- setup: policy = LoRA on a (4-bit) base; reference, judge, generative RM = adapter off ---
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    load_in_4bit = cfg.load_in_4bit if cfg.load_in_4bit is not None else device.type == "cuda"
+    device, load_in_4bit = resolve_device(cfg.device), resolved["load_in_4bit"]
     model, tokenizer = load_model_and_tokenizer(
         cfg.model, load_in_4bit=load_in_4bit, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout, gradient_checkpointing=cfg.gradient_checkpointing,  # memory for time
@@ -273,7 +273,7 @@ def main(cfg: Config) -> dict:
             device=cfg.device, dtype=cfg.dtype, load_in_4bit=load_in_4bit, batch_size=cfg.scorer_batch_size,
             share_prefix=weights["reward_model"] > 0 and weights["judge"] > 0)  # one shared pass serves both
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
+    save_config(cfg, out / "config.json", resolved=resolved)
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     B, G, mb = cfg.prompts_per_step, cfg.num_generations, cfg.per_device_train_batch_size

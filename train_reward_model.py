@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from pns_mini import data, generation, losses, runs, scorers
 from pns_mini.config import main_guard, save_config
-from pns_mini.modeling import (load_model_and_tokenizer, resolve_device, save_atomic, sequence_scores,
+from pns_mini.modeling import (load_model_and_tokenizer, resolve_loading, save_atomic, sequence_scores,
                                trainable_parameters)
 
 
@@ -275,12 +275,13 @@ def write_report(out: Path, cfg: Config, summary: dict) -> None:
 def main(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     metrics_path = out / "metrics.jsonl"
-    runs.check_run_folder(out, cfg, RESUMABLE)  # a used folder, or --resume with other settings: refused here
     # Pairs first: a malformed file fails before anything is written or loaded.
     pairs = offline_pairs(cfg.limit or 200, cfg.seed) if cfg.pairs == "offline" else load_pairs(cfg.pairs, cfg.limit)
+    resolved = {**resolve_loading(cfg.device, "auto", cfg.load_in_4bit), "data": runs.fingerprint(pairs)}
+    runs.check_run_folder(out, cfg, RESUMABLE, resolved, cfg.max_steps)  # a used folder, or a changed run: refused
     train_pairs, eval_pairs = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
 
-    load_in_4bit = resolve_device(cfg.device).type == "cuda" if cfg.load_in_4bit is None else cfg.load_in_4bit
+    load_in_4bit = resolved["load_in_4bit"]
     runs.seed_everything(cfg.seed)  # the new score head is drawn at load time
     model, tokenizer = load_model_and_tokenizer(
         cfg.model, num_labels=1, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, load_in_4bit=load_in_4bit,
@@ -301,7 +302,7 @@ def main(cfg: Config) -> dict:
                              f"{cfg.max_length}, {len(eval_pairs)} held out)")
     print(f"pairs: {len(train_pairs)} train, {len(eval_pairs)} held out, {dropped} dropped (> {cfg.max_length} tokens)")
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
+    save_config(cfg, out / "config.json", resolved=resolved)
 
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)

@@ -180,6 +180,10 @@ def read_pairs(path: str | os.PathLike, *, prompt_required: bool = True) -> list
             if unknown is not None:
                 raise DataError(f"{where}: field '{key}' has a message with unknown role {unknown!r} "
                                 f"(accepted: {', '.join(MESSAGE_ROLES)})")
+        switches = row.get("chat_template_kwargs")
+        if switches is not None and not isinstance(switches, dict):
+            raise DataError(f"{where}: field 'chat_template_kwargs' must be an object of template switches "
+                            f"(e.g. {{\"enable_thinking\": false}}), got {switches!r:.80}")
         if _completion_text(row["chosen"]) == _completion_text(row["rejected"]):
             raise DataError(f"{where}: fields 'chosen' and 'rejected' hold the same text: a pair needs two "
                             f"different completions (on this one DPO stays at loss ln 2)")

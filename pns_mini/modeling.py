@@ -66,6 +66,15 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str 
         raise ValueError(f"unknown dtype '{dtype}' (accepted: auto, fp32, bf16, fp16)") from None
 
 
+def resolve_loading(device: str = "auto", dtype: str = "auto", load_in_4bit: bool | None = None) -> dict:
+    """What a script's --device, --dtype and --load-in-4bit (None: 4-bit on CUDA, not on the CPU,
+    where it is slower) come to on this machine: {"load_in_4bit": bool, "dtype": "float32"...}.
+    Part of a run's identity: a resumed run must load its models as the run it continues did."""
+    where = resolve_device(device)
+    return {"load_in_4bit": where.type == "cuda" if load_in_4bit is None else load_in_4bit,
+            "dtype": str(resolve_dtype(dtype, where)).removeprefix("torch.")}
+
+
 # ---------------------------------------------------------------------------------------------
 # The embedded model: GGUF in a wheel -> cached safetensors folder, converted once, atomically.
 # ---------------------------------------------------------------------------------------------

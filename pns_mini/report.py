@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .data import ANSWER_INSTRUCTION, iter_jsonl_tolerant, write_atomic
+from .data import ANSWER_INSTRUCTION, DataError, iter_jsonl_tolerant, write_atomic
 
 REWARD_KEYS = ["reward/total", "reward/format", "reward/accuracy", "reward/reward_model", "reward/judge",
                "rate/format", "rate/wrong_well_formed", "rate/truncated", "length/mean", "kl", "time/step"]
@@ -55,6 +55,10 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
 
 
+PAIR_FIELDS = ("id", "source", "chosen", "rejected", "candidates", "qualified", "rm_raw_chosen", "rm_raw_rejected",
+               "judge_chosen", "judge_rejected", "chosen_tokens", "rejected_tokens")  # what source_stats reads
+
+
 def source_stats(pairs: list[dict], skipped: list[dict]) -> dict:
     both = [r for r in pairs if r["rm_raw_rejected"] is not None and r["rm_raw_chosen"] is not None]
     with_pair = {r["id"] for r in pairs}
@@ -85,6 +89,11 @@ def collect_stats(pair_files: list[Path]) -> tuple[dict[str, dict], dict[str, li
             raise FileNotFoundError(f"{path}: pairs file not found")
         pairs = list(iter_jsonl_tolerant(path))
         skipped = list(iter_jsonl_tolerant(path.parent / "skipped.jsonl"))
+        for i, row in enumerate(pairs, 1):
+            missing = [k for k in PAIR_FIELDS if k not in row]
+            if missing:
+                raise DataError(f"{path}:{i}: no field {missing[0]!r}: the stats read pairs files written by "
+                                f"synthesize.py, whose rows carry {', '.join(PAIR_FIELDS)}")
         for source in sorted({r["source"] for r in pairs + skipped}):
             key = source if source not in stats else f"{source} ({path.parent.name})"
             sel = [r for r in pairs if r["source"] == source]
@@ -116,7 +125,12 @@ def stats_table(stats: dict[str, dict]) -> str:
 
 
 def write_pairs_report(out: Path, pair_files: list[Path]) -> dict:
-    """stats.json, report.md and plots/rm_scores.png in `out` for these pairs files (synthesize.py)."""
+    """stats.json, report.md and plots/rm_scores.png in `out` for these pairs files (synthesize.py).
+    A folder holding another synthesis run is refused: its own stats would be overwritten."""
+    own = out / "pairs.jsonl"
+    if own.exists() and own.resolve() not in [p.resolve() for p in pair_files]:
+        raise DataError(f"{out}: holds a synthesis run (pairs.jsonl) whose stats.json and report.md this would "
+                        f"overwrite; give another --output-dir")
     stats, rows_by = collect_stats(pair_files)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "stats.json", json.dumps(stats, indent=2) + "\n")

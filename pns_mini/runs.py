@@ -2,13 +2,15 @@
 report.md): one resume guard, checkpoints with exact resume, the data order and LR schedule, and
 plots. Every training script starts the same way:
 
-    check_run_folder(out, cfg, RESUMABLE)      # before anything is written; refuses a changed run
-    ... load data and model, then write config.json ...
+    resolved = {"load_in_4bit": ..., "dtype": ..., "data": fingerprint(rows)}  # what the flags leave open
+    check_run_folder(out, cfg, RESUMABLE, resolved, total_steps)  # before any write; refuses a changed run
+    ... load the model, then save_config(cfg, out / "config.json", resolved=resolved) ...
     step, extra = start_run(out, model, optimizer, [metrics_path])   # 0, or the latest checkpoint
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.lr_scheduler_type, step)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -147,31 +149,56 @@ def load_checkpoint(path: str | Path, model, optimizer) -> dict:
 ALWAYS_RESUMABLE = ("resume", "output_dir")
 
 
-def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...]) -> None:
+def fingerprint(rows) -> str:
+    """A short hash of a script's input rows (problems, pairs): an input file edited in place
+    between a run and its --resume changes it."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_config(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON config ({e}); cannot check that this run continues it") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a JSON object; cannot check that this run continues it")
+    return saved
+
+
+def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...], resolved: dict | None = None,
+                     total_steps: int | None = None) -> None:
     """The resume guard of every training script, called before any file is written (config.json
     included). A folder with a checkpoint holds a run: without --resume it is refused, so finished
     work is never overwritten. With --resume the saved config.json must equal `cfg` except for the
     fields in `resumable` (e.g. max_steps, which extends a run): any other change would make a
-    different run under the old one's name. A folder without a checkpoint starts again at step 0,
-    with or without --resume."""
+    different run under the old one's name. `resolved` is what the run depends on beyond its flags
+    (4-bit and dtype as chosen by the device, the input data's `fingerprint`), saved as config.json's
+    "resolved"; each must be as saved (a folder saved before it was recorded is not checked). A
+    latest checkpoint past `total_steps` is refused: the run would end at once with the longer
+    run's weights. A folder without a checkpoint starts again at step 0, with or without --resume."""
     out = Path(out)
     if not cfg.resume:
         if list_checkpoints(out):
             raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
         return
+    steps = list_checkpoints(out)
+    if total_steps is not None and steps and steps[-1] > total_steps:
+        raise DataError(f"{out}: its latest checkpoint is step {steps[-1]}, past the {total_steps} steps asked "
+                        f"for now; give at least {steps[-1]} steps, or a new --output-dir for a shorter run")
     path = out / "config.json"
     if not path.exists():
         return
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a JSON config ({e}); cannot check that --resume continues the same run") from None
+    saved = read_config(path)
     now = json.loads(json.dumps(asdict(cfg), default=str))
     defaults = json.loads(json.dumps({f.name: f.default for f in fields(cfg) if f.default is not MISSING}, default=str))
     saved = {**defaults, **saved}  # a field newer than the saved config counts as its default
     allowed = ALWAYS_RESUMABLE + tuple(resumable)
     changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {v!r}" for k, v in now.items()
                if k not in allowed and saved[k] != v]
+    before = saved.get("resolved") if isinstance(saved.get("resolved"), dict) else {}
+    now_resolved = json.loads(json.dumps(resolved or {}, default=str))
+    changed = changed or [f"{k} {before[k]!r} -> {v!r}" + (" (the input file changed)" if k == "data" else "")
+                          for k, v in now_resolved.items() if k in before and before[k] != v]  # a changed flag says why
     if changed:
         raise DataError(f"{path}: --resume with different settings ({'; '.join(changed)}); only "
                         f"{', '.join('--' + k.replace('_', '-') for k in resumable)} may change. "
@@ -185,7 +212,7 @@ def check_same_settings(path: str | Path, now: dict, what: str, error: type[Exce
     path = Path(path)
     if not path.exists():
         return
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = read_config(path)
     diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in now.items() if saved.get(k) != v]
     if diffs:
         raise error(f"{path}: this folder holds {what} made with other settings ({'; '.join(diffs)}); "

@@ -14,17 +14,19 @@ Also: the expected notices are quiet (bitsandbytes' missing `kernels` package wh
 import json
 import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import evaluate
 import synthesize
 import train_dpo
 import train_generator
 import train_reward_model
-from pns_mini.config import main_guard, save_config
+from pns_mini.config import main_guard, parse_config, save_config
 
 SCRIPTS = {"dpo": train_dpo, "generator": train_generator, "rm": train_reward_model, "eval": evaluate,
            "synth": synthesize}
@@ -54,6 +56,8 @@ def world(tmp_path_factory, tiny_model_dir, tokenizer):
     w["sytem"] = jsonl(root / "sytem.jsonl", [{**GOOD, "prompt": [{**MSG[0], "role": "sytem"}, MSG[1]]}])
     w["usr"] = jsonl(root / "usr.jsonl", [GOOD, {**GOOD, "prompt": [MSG[0], {**MSG[1], "role": "usr"}]}])
     w["same"] = jsonl(root / "same.jsonl", [{**GOOD, "rejected": [{"role": "assistant", "content": r"\boxed{2} "}]}])
+    w["switches"] = jsonl(root / "switches.jsonl", [{**GOOD, "chat_template_kwargs": "yes"}])
+    w["trl_pairs"] = jsonl(root / "trl.jsonl", [{"prompt": "1 + 1?", "chosen": "2", "rejected": "3"}])
     (root / "empty.jsonl").write_text("")
     (root / "latin1.jsonl").write_bytes('{"id": 1, "question": "Combien coûte", "gold": "2"}\n'.encode("latin-1"))
     (root / "cfg.json").write_text(json.dumps({"max_steps": "3"}))
@@ -73,6 +77,18 @@ def world(tmp_path_factory, tiny_model_dir, tokenizer):
     w["eval_run"] = root / "eval-run"
     evaluate.main(evaluate.Config(model=tiny_model_dir, benchmarks="offline", limit=1, max_completion_length=4,
                                   output_dir=str(w["eval_run"]), bootstrap_resamples=10))
+    # a finished 2-step DPO run (checkpoints 1 and 2) whose pairs file is then edited in place
+    w["edited"] = jsonl(root / "edited.jsonl", [GOOD, {**GOOD, "rejected": [{"role": "assistant", "content": "5"}]}])
+    w["edited_run"] = root / "edited-run"
+    train_dpo.main(parse_config(train_dpo.Config, resume_edited(w, "--max-steps", "2")))
+    jsonl(root / "edited.jsonl", [GOOD, {**GOOD, "rejected": [{"role": "assistant", "content": "6"}]}])
+    w["synth_run"] = root / "synth-run"  # what the stats-only case aims at: a synthesis folder's own files
+    w["synth_run"].mkdir()
+    jsonl(w["synth_run"] / "pairs.jsonl", [GOOD])
+    (w["synth_run"] / "report.md").write_text("# its own report\n")
+    w["broken_eval"] = root / "broken-eval"  # an evaluation folder whose config.json is not an object
+    shutil.copytree(w["eval_run"], w["broken_eval"])
+    (w["broken_eval"] / "config.json").write_text("[]\n")
     w["rm_run"], w["gen_run"] = root / "rm-run", root / "gen-run"  # their saved configs are all the guard reads
     w["rm_run"].mkdir()
     save_config(train_reward_model.Config(model=tiny_model_dir, pairs=w["pairs"], output_dir=str(w["rm_run"])),
@@ -92,6 +108,10 @@ def resume_dpo(w, *changes):
             "--learning-rate", "1e-3", "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1",
             "--warmup-steps", "0", "--lora-r", "4", "--no-gradient-checkpointing", "--device", "cpu", "--resume",
             *changes]
+
+
+def resume_edited(w, *changes):
+    return [*resume_dpo(w, "--save-steps", "1"), "--pairs", w["edited"], "--output-dir", str(w["edited_run"]), *changes]
 
 
 def resume_rm(w, *changes):
@@ -114,11 +134,26 @@ CASES = [
     ("unknown role usr", "dpo", lambda w: dpo(w, w["usr"]), r"{usr}:2: field 'prompt' has a message with unknown role 'usr'", None),
     ("chosen equals rejected", "dpo", lambda w: dpo(w, w["same"]),
      r"{same}:1: fields 'chosen' and 'rejected' hold the same text", None),
+    ("chat_template_kwargs not an object", "dpo", lambda w: dpo(w, w["switches"]),
+     r"{switches}:1: field 'chat_template_kwargs' must be an object of template switches", None),
+    ("--stats-only on a pairs file synthesize.py did not write", "synth",
+     lambda w: ["--stats-only", w["trl_pairs"], "--output-dir", str(w["root"] / "new")],
+     r"{trl_pairs}:1: no field 'id': the stats read pairs files written by synthesize.py", None),
+    ("--stats-only into another synthesis run's folder", "synth",
+     lambda w: ["--stats-only", w["pairs"], "--output-dir", str(w["synth_run"])],
+     r"{synth_run}: holds a synthesis run \(pairs.jsonl\) whose stats.json and report.md this would overwrite", "synth_run"),
+    ("config.json not a JSON object (evaluate)", "eval", lambda w: ev(w, "--output-dir", str(w["broken_eval"])),
+     r"{broken_eval}/config.json: not a JSON object", "broken_eval"),
     ("empty pairs file", "dpo", lambda w: dpo(w, str(w["root"] / "empty.jsonl")), r"{root}/empty.jsonl: no pairs \(the file is empty\)", None),
     ("other --pairs on resume (DPO)", "dpo", lambda w: resume_dpo(w, "--pairs", w["other_pairs"]),
      r"{root}/dpo-run/config.json: --resume with different settings \(--pairs '{pairs}' -> '{other_pairs}'\)", "dpo_run"),
     ("changed learning rate on resume (DPO)", "dpo", lambda w: resume_dpo(w, "--learning-rate", "0.01"),
      r"--resume with different settings \(--learning-rate 0.001 -> 0.01\)", "dpo_run"),
+    ("pairs file edited in place, then --resume (DPO)", "dpo", lambda w: resume_edited(w, "--max-steps", "2"),
+     r"{root}/edited-run/config.json: --resume with different settings \(data '\w+' -> '\w+' \(the input file changed\)\)",
+     "edited_run"),
+    ("--max-steps below the latest checkpoint on --resume (DPO)", "dpo", lambda w: resume_edited(w, "--max-steps", "1"),
+     r"{root}/edited-run: its latest checkpoint is step 2, past the 1 steps asked for now", "edited_run"),
     ("other --pairs on resume (reward model)", "rm", lambda w: resume_rm(w, "--pairs", w["other_pairs"]),
      r"{root}/rm-run/config.json: --resume with different settings \(--pairs '{pairs}' -> '{other_pairs}'\)", "rm_run"),
     ("changed learning rate on resume (reward model)", "rm", lambda w: resume_rm(w, "--learning-rate", "0.01"),
@@ -165,6 +200,19 @@ def test_bad_input_is_one_line_and_touches_nothing(world, case, script, argv, me
     if target:
         assert snapshot(world[target]) == before, f"{case}: the finished run's files changed"
     assert not (world["root"] / "new").exists(), f"{case}: a failed run left a folder behind"
+
+
+def test_resume_on_a_device_that_loads_otherwise_is_refused(world, monkeypatch, capsys):
+    """--device may change on --resume, but not what it decides: a CPU run resumed where CUDA is
+    found would load a 4-bit base in bf16 (--load-in-4bit and --dtype left to the device)."""
+    from pns_mini import modeling
+    before = snapshot(world["dpo_run"])
+    monkeypatch.setattr(modeling, "resolve_device", lambda device="auto": torch.device("cuda"))
+    monkeypatch.setattr(sys, "argv", ["train_dpo.py", *resume_dpo(world)])
+    with pytest.raises(SystemExit):
+        main_guard(train_dpo.main, train_dpo.Config, train_dpo.__doc__)
+    assert "load_in_4bit False -> True; dtype 'float32' -> 'bfloat16'" in capsys.readouterr().err
+    assert snapshot(world["dpo_run"]) == before
 
 
 def test_expected_notices_are_quiet_and_meaningful_ones_kept(tiny_model_dir, capfd, caplog):

@@ -234,6 +234,8 @@ def test_resume_skips_done_ids_and_loses_nothing(tiny_model_dir, tmp_path, monke
     assert json.loads((tmp_path / "config.json").read_text())["load_in_4bit"] is False  # resolved: CPU
     with pytest.raises(DataError, match="load_in_4bit: saved False, now True"):  # 4-bit pairs would join bf16 ones
         run(tmp_path, tiny_model_dir, negative_source="perturbed", pairs_per_problem=2, limit=3, load_in_4bit=True)
+    with pytest.raises(DataError, match="temperature: saved 1.0, now 0.7"):  # the rest would be drawn otherwise
+        run(tmp_path, tiny_model_dir, negative_source="perturbed", pairs_per_problem=2, limit=3, temperature=0.7)
     config = json.loads((tmp_path / "config.json").read_text())  # as if made with another prompt template
     (tmp_path / "config.json").write_text(json.dumps({**config, "prompt_template": "0123456789ab"}))
     with pytest.raises(DataError, match="prompt_template"):
