@@ -253,8 +253,6 @@ def main(cfg: Config) -> dict:
     metrics_path, samples_path = out / "metrics.jsonl", out / "samples.jsonl"
     weights = rewards.parse_reward_weights(cfg.reward_weights)
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit)  # fails on bad data before the model load
-    if not problems:
-        raise DataError(f"--problems {cfg.problems!r} (limit {cfg.limit}) gave no problems")
     resolved = {**resolve_loading(cfg.device, cfg.dtype, cfg.load_in_4bit), "data": fingerprint(problems)}
     check_run_folder(out, cfg, RESUMABLE, resolved, cfg.max_steps)  # a used folder, or a changed run: refused
 

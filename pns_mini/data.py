@@ -625,6 +625,9 @@ def load_problems_jsonl(path: str | os.PathLike) -> list[dict]:
             raise DataError(f"{where}: field 'id' {problem['id']!r} repeats line {first_line[problem['id']]}")
         first_line[problem["id"]] = row["line"]
         problems.append(problem)
+    if not problems:
+        raise DataError(f"{path}: no problems (the file is empty); expected one JSON object a line with "
+                        f"'id', 'question', 'gold'")
     return problems
 
 

@@ -168,20 +168,22 @@ def read_config(path: Path) -> dict:
 def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...], resolved: dict | None = None,
                      total_steps: int | None = None) -> None:
     """The resume guard of every training script, called before any file is written (config.json
-    included). A folder with a checkpoint holds a run: without --resume it is refused, so finished
-    work is never overwritten. With --resume the saved config.json must equal `cfg` except for the
+    included). A folder with a checkpoint or a final/ holds a run: without --resume it is refused,
+    so finished work is never overwritten (with --resume, final/ without a checkpoint is too). With --resume the saved config.json must equal `cfg` except for the
     fields in `resumable` (e.g. max_steps, which extends a run): any other change would make a
     different run under the old one's name. `resolved` is what the run depends on beyond its flags
     (4-bit and dtype as chosen by the device, the input data's `fingerprint`), saved as config.json's
     "resolved"; each must be as saved (a folder saved before it was recorded is not checked). A
     latest checkpoint past `total_steps` is refused: the run would end at once with the longer
     run's weights. A folder without a checkpoint starts again at step 0, with or without --resume."""
-    out = Path(out)
+    out, steps = Path(out), list_checkpoints(out)
     if not cfg.resume:
-        if list_checkpoints(out):
+        if steps or (out / "final").exists():
             raise DataError(f"{out}: already holds a run; pass --resume to continue it or choose a new --output-dir")
         return
-    steps = list_checkpoints(out)
+    if not steps and (out / "final").exists():
+        raise DataError(f"{out}: holds a finished run (final/) but no checkpoint to resume it from; "
+                        f"choose a new --output-dir")
     if total_steps is not None and steps and steps[-1] > total_steps:
         raise DataError(f"{out}: its latest checkpoint is step {steps[-1]}, past the {total_steps} steps asked "
                         f"for now; give at least {steps[-1]} steps, or a new --output-dir for a shorter run")

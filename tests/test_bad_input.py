@@ -59,6 +59,9 @@ def world(tmp_path_factory, tiny_model_dir, tokenizer):
     w["switches"] = jsonl(root / "switches.jsonl", [{**GOOD, "chat_template_kwargs": "yes"}])
     w["trl_pairs"] = jsonl(root / "trl.jsonl", [{"prompt": "1 + 1?", "chosen": "2", "rejected": "3"}])
     (root / "empty.jsonl").write_text("")
+    w["no_ckpt_run"] = root / "no-ckpt-run"  # a finished run whose checkpoints were deleted to save disk
+    (w["no_ckpt_run"] / "final").mkdir(parents=True)
+    (w["no_ckpt_run"] / "final" / "adapter_config.json").write_text("{}\n")
     (root / "latin1.jsonl").write_bytes('{"id": 1, "question": "Combien coûte", "gold": "2"}\n'.encode("latin-1"))
     (root / "cfg.json").write_text(json.dumps({"max_steps": "3"}))
     # an adapter trained on another base (hidden size 32, not 64)
@@ -144,6 +147,14 @@ CASES = [
      r"{synth_run}: holds a synthesis run \(pairs.jsonl\) whose stats.json and report.md this would overwrite", "synth_run"),
     ("config.json not a JSON object (evaluate)", "eval", lambda w: ev(w, "--output-dir", str(w["broken_eval"])),
      r"{broken_eval}/config.json: not a JSON object", "broken_eval"),
+    ("empty problems file (generator)", "generator", lambda w: gen(w, "--problems", str(w["root"] / "empty.jsonl")),
+     r"{root}/empty.jsonl: no problems \(the file is empty\)", None),
+    ("a finished run without checkpoints, no --resume", "generator",
+     lambda w: ["--model", w["model"], "--problems", "offline", "--output-dir", str(w["no_ckpt_run"])],
+     r"{no_ckpt_run}: already holds a run; pass --resume", "no_ckpt_run"),
+    ("a finished run without checkpoints, --resume", "generator",
+     lambda w: ["--model", w["model"], "--problems", "offline", "--output-dir", str(w["no_ckpt_run"]), "--resume"],
+     r"{no_ckpt_run}: holds a finished run \(final/\) but no checkpoint to resume it from", "no_ckpt_run"),
     ("empty pairs file", "dpo", lambda w: dpo(w, str(w["root"] / "empty.jsonl")), r"{root}/empty.jsonl: no pairs \(the file is empty\)", None),
     ("other --pairs on resume (DPO)", "dpo", lambda w: resume_dpo(w, "--pairs", w["other_pairs"]),
      r"{root}/dpo-run/config.json: --resume with different settings \(--pairs '{pairs}' -> '{other_pairs}'\)", "dpo_run"),
