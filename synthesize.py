@@ -316,7 +316,9 @@ def main(cfg: Config) -> dict:
         model, t = (generator, gen_tok) if on_generator else (policy, tok)
         prompts = [prompt_of(t, p["question"], enable_thinking=cfg.enable_thinking) for p in batch]
         with reference_model(policy) if shares_base and not on_generator else contextlib.nullcontext():  # adapter off
-            return sample_candidates(model, t, prompts, cfg, [problem_seed(cfg.seed, p["id"]) for p in batch])
+            # the pns and prompted negatives draw a stream of their own, not the policy samples' (a chosen source)
+            tag = "/negatives" if on_generator or prompt_of is not format_prompt else ""
+            return sample_candidates(model, t, prompts, cfg, [problem_seed(cfg.seed, p["id"] + tag) for p in batch])
 
     ranked = cfg.negative_source in RANKED  # the rule ranks by scores; the other sources pick before scoring
     pick = lambda p, checks: select_negatives(cfg.negative_source, checks[p["id"]], cfg.pairs_per_problem,  # noqa: E731

@@ -84,7 +84,7 @@ class Config:
     temperature: float = 1.0
     """Sampling temperature (> 0; 0.7-1.2); log-probs use the same temperature."""
     top_p: float = 1.0
-    """Nucleus sampling mass (0-1]."""
+    """Nucleus sampling mass (0-1]; below 1 the loss still scores the full softmax (as TRL): keep 1.0."""
     enable_thinking: bool = False
     """Qwen3-style templates: write <think>...</think> first, answer read after it (off: empty think block)."""
     reward_weights: str | None = None

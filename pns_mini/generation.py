@@ -143,11 +143,11 @@ def merged_lora(model):
         return
     layers = _lora_layers(model)
     originals = [m.base_layer.weight.data for m in layers]
-    with torch.no_grad():
-        for m, w in zip(layers, originals):
-            delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
-            m.base_layer.weight.data = w + delta.to(w.dtype)
-    try:
+    try:  # merging inside: an error halfway (out of memory) still puts every original back
+        with torch.no_grad():
+            for m, w in zip(layers, originals):
+                delta = sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
+                m.base_layer.weight.data = w + delta.to(w.dtype)
         with model.disable_adapter():
             yield model
     finally:

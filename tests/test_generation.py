@@ -173,6 +173,25 @@ def test_merged_lora_restores_weights_and_matches_unmerged_logprobs(tiny_model_d
     assert torch.equal(out.completion_ids, unmerged.completion_ids)
 
 
+def test_merged_lora_puts_every_weight_back_when_merging_fails_halfway(tiny_model_dir, monkeypatch):
+    from peft.tuners.lora import Linear
+    model, _ = _lora(tiny_model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls, real = [], Linear.get_delta_weight
+
+    def fails_on_the_third(self, adapter):  # e.g. out of memory on the third layer's copy
+        calls.append(adapter)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return real(self, adapter)
+    monkeypatch.setattr(Linear, "get_delta_weight", fails_on_the_third)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with merged_lora(model):
+            pass
+    after = model.state_dict()
+    assert len(calls) == 3 and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_merging_does_nothing_with_the_adapter_disabled(tiny_model_dir):
     model, tok = _lora(tiny_model_dir)
     with model.disable_adapter():
