@@ -156,6 +156,7 @@ def fingerprint(rows) -> str:
 
 
 def read_config(path: Path) -> dict:
+    """A saved config.json as a dict; one line (DataError) when it is not a JSON object."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -169,7 +170,8 @@ def check_run_folder(out: str | Path, cfg, resumable: tuple[str, ...], resolved:
                      total_steps: int | None = None) -> None:
     """The resume guard of every training script, called before any file is written (config.json
     included). A folder with a checkpoint or a final/ holds a run: without --resume it is refused,
-    so finished work is never overwritten (with --resume, final/ without a checkpoint is too). With --resume the saved config.json must equal `cfg` except for the
+    so finished work is never overwritten (with --resume, final/ without a checkpoint is too).
+    With --resume the saved config.json must equal `cfg` except for the
     fields in `resumable` (e.g. max_steps, which extends a run): any other change would make a
     different run under the old one's name. `resolved` is what the run depends on beyond its flags
     (4-bit and dtype as chosen by the device, the input data's `fingerprint`), saved as config.json's
