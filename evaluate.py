@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from pns_mini import data, generation, grading, modeling, runs
 from pns_mini.data import write_atomic, write_jsonl
-from pns_mini.config import main_guard, save_config
+from pns_mini.config import check_flags, main_guard, save_config
 
 
 @dataclass
@@ -87,8 +87,8 @@ class Config:
     """How answers are read: eval (as Qwen2.5-Math / Math-Verify) or strict (box first); --regrade may change it."""
 
     def __post_init__(self):
-        if self.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
+        check_flags(self, {1: ("num_samples", "batch_size", "max_completion_length", "bootstrap_resamples"),
+                           0: ("limit",)}, {"extraction": grading.EXTRACTIONS})
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.num_samples > 1 and self.temperature == 0:
@@ -96,13 +96,6 @@ class Config:
                              f"identical samples: set --temperature > 0 (e.g. 0.6)")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
-        for name in ("batch_size", "max_completion_length", "bootstrap_resamples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--limit must be >= 0 or none, got {self.limit}")
-        if self.extraction not in grading.EXTRACTIONS:
-            raise ValueError(f"--extraction must be one of {', '.join(grading.EXTRACTIONS)}, got {self.extraction!r}")
         if not benchmark_names(self.benchmarks):
             raise ValueError("--benchmarks is empty (accepted: all, offline, a benchmark name, a JSONL path)")
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pns_mini import grading, rewards
-from pns_mini.config import main_guard, save_config
+from pns_mini.config import check_flags, main_guard, save_config
 from pns_mini.data import (SYSTEM_PROMPT, append_jsonl, chat_prompt, format_prompt, gsm8k_solution_to_boxed,
                            iter_jsonl_tolerant, last_boxed, load_problems, prompt_messages, prompt_template_hash,
                            repair_torn_tail, write_jsonl)
@@ -109,21 +109,13 @@ class Config:
     def __post_init__(self):
         if self.stats_only:
             return
-        if self.negative_source not in SOURCES:
-            raise ValueError(f"--negative-source {self.negative_source!r}: accepted {', '.join(SOURCES)}")
-        if self.chosen_source not in ("gold", "policy"):
-            raise ValueError(f"--chosen-source {self.chosen_source!r}: accepted gold, policy")
+        check_flags(self, {1: ("num_candidates", "batch_size", "pairs_per_problem", "max_completion_length", "limit")},
+                    {"negative_source": SOURCES, "chosen_source": ("gold", "policy"),
+                     "pair_format": ("conversational", "string")})
         if self.negative_source == "pns" and not self.generator:
             raise ValueError("--negative-source pns needs --generator (train_generator.py's <run>/final)")
-        if self.pair_format not in ("conversational", "string"):
-            raise ValueError(f"--pair-format {self.pair_format!r}: accepted conversational, string")
-        for name in ("num_candidates", "batch_size", "pairs_per_problem", "max_completion_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
         rewards.parse_reward_weights(self.reward_weights)
 
 
@@ -148,11 +140,12 @@ def tally(checks: list[dict]) -> dict[str, int]:
             "verified_wrong": sum(c["verified_wrong"] for c in checks)}
 
 
-def done_ids(out: Path) -> tuple[set[str], int, collections.Counter]:
-    """(ids done, how many a kill cut and are redone, the running totals). Done: all its pairs or its skip row written;
-    a cut problem's pairs and unfinished problems' samples rows are removed: files read as an uninterrupted run's."""
-    pairs, skipped, samples = out / "pairs.jsonl", out / "skipped.jsonl", out / "samples.jsonl"
-    for path in (pairs, skipped, samples, out / "metrics.jsonl"):
+def done_ids(out: Path) -> tuple[set[str], int, collections.Counter, set[int]]:
+    """(ids done, how many a kill cut and are redone, the running totals, batches with a metrics row). Done: all its
+    pairs or its skip row written; a cut problem's pairs and unfinished problems' samples rows are removed: files
+    read as an uninterrupted run's."""
+    pairs, skipped, samples, metrics = (out / f"{name}.jsonl" for name in ("pairs", "skipped", "samples", "metrics"))
+    for path in (pairs, skipped, samples, metrics):
         repair_torn_tail(path)
     rows, skip_rows, sample_rows = (list(iter_jsonl_tolerant(path)) for path in (pairs, skipped, samples))
     counts = collections.Counter(r["id"] for r in rows)
@@ -163,7 +156,8 @@ def done_ids(out: Path) -> tuple[set[str], int, collections.Counter]:
         if len(new) < len(old):
             write_jsonl(path, new)
     candidates = [c for r in kept_samples for c in r["candidates"]]
-    return done, len(partial), collections.Counter(pairs=len(kept_rows), skipped=len(skip_rows), **tally(candidates))
+    totals = collections.Counter(pairs=len(kept_rows), skipped=len(skip_rows), **tally(candidates))
+    return done, len(partial), totals, {r["batch"] for r in iter_jsonl_tolerant(metrics)}
 
 
 def messages(cfg: Config, tokenizer, question: str, chosen: str, rejected: str) -> dict:
@@ -289,11 +283,15 @@ def main(cfg: Config) -> dict:
     settings = {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS}, "load_in_4bit": load_in_4bit}
     check_same_settings(out / "config.json", {**settings, "prompt_template": template_hash()}, "pairs")
     remove_stale_temps(out)
-    done, redone, totals = done_ids(out)
+    done, redone, totals, logged = done_ids(out)
     todo = [p for p in problems if p["id"] not in done]
     print(f"{len(problems)} problems, {len(problems) - len(todo)} already done"
           + (f" ({redone} cut by an interrupt are done again)" if redone else ""), file=sys.stderr)
+    batches = range(0, len(problems), cfg.batch_size)  # fixed batches: a rerun finds the same
     if not todo and (out / "pairs.jsonl").exists():  # nothing to sample: no model load
+        if len(batches) - 1 not in logged:  # killed after its last pair, before the last batch's metrics row
+            append_jsonl(out / "metrics.jsonl", {"batch": len(batches) - 1, "problems": len(problems[batches[-1]:]),
+                                                 **totals, "seconds": 0.0})
         return finish(out)
     weights = rewards.parse_reward_weights(cfg.reward_weights)
     loading = dict(load_in_4bit=load_in_4bit, device=cfg.device, dtype=cfg.dtype)
@@ -326,10 +324,13 @@ def main(cfg: Config) -> dict:
     n_tokens = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem", dynamic_ncols=True,
                desc=f"synthesize {cfg.negative_source}")
-    for b, start in enumerate(range(0, len(problems), cfg.batch_size)):  # fixed batches: a rerun finds the same
+    for b, start in enumerate(batches):
         t0 = time.time()
-        batch = [p for p in problems[start:start + cfg.batch_size] if p["id"] not in done]
-        if not batch:
+        # the whole batch, as an uninterrupted run has it (the same padding, so the same samples and scores);
+        # the problems a kill left done are not written again
+        batch = problems[start:start + cfg.batch_size]
+        new = [p for p in batch if p["id"] not in done]
+        if not new:
             continue
 
         # ===== chosen: verified-correct reference solution or policy sample =====================
@@ -369,7 +370,7 @@ def main(cfg: Config) -> dict:
             picks = {p["id"]: pick(p, checks) for p in live}
 
         # ===== write: samples log, then the pairs (the selection rule) or the skip reason, per problem ====
-        for p in batch:
+        for p in new:
             group = checks.get(p["id"], [])
             counts = tally(group)
             totals.update(counts)  # Counter.update adds: the running totals of metrics.jsonl
@@ -395,7 +396,7 @@ def main(cfg: Config) -> dict:
                 totals["pairs"] += 1
         append_jsonl(out / "metrics.jsonl", {"batch": b, "problems": len(batch), **totals,
                                              "seconds": round(time.time() - t0, 2)})
-        bar.update(len(batch))
+        bar.update(len(new))
         bar.set_postfix(pairs=totals["pairs"], skipped=totals["skipped"],
                         wrong=f"{totals['verified_wrong']}/{totals['candidates']}")
     bar.close()

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pns_mini.config import main_guard, save_config
+from pns_mini.config import check_flags, main_guard, save_config
 from pns_mini.data import (ANSWER_INSTRUCTION, DataError, append_jsonl, chat_prompt, format_prompt, read_pairs,
                            write_atomic, write_jsonl)
 from pns_mini.losses import DPO_LOSS_TYPES, dpo_loss, rpo_nll_loss
@@ -131,25 +131,15 @@ class Config:
     def __post_init__(self):
         if not self.pairs:
             raise ValueError("--pairs FILE is required (a preference JSONL, e.g. from synthesize.py)")
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"--loss-type must be one of {', '.join(DPO_LOSS_TYPES)}, got {self.loss_type!r}")
+        check_flags(self, {1: ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "max_length",
+                               "max_steps"), 0: ("warmup_steps", "rpo_alpha")},
+                    {"loss_type": DPO_LOSS_TYPES, "lr_scheduler_type": ("cosine", "constant")})
         if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
             raise ValueError("--beta must be > 0 and --label-smoothing in [0, 0.5)")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ValueError("--label-smoothing applies to --loss-type sigmoid only")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1 or none, got {self.max_steps}")
         if self.num_train_epochs <= 0:
             raise ValueError(f"--num-train-epochs must be > 0, got {self.num_train_epochs}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if self.lr_scheduler_type not in ("cosine", "constant"):
-            raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
-        if self.rpo_alpha is not None and self.rpo_alpha < 0:
-            raise ValueError("--rpo-alpha must be >= 0 (or none)")
         if self.adapter is None and self.lora_r < 1:
             raise ValueError("--lora-r must be >= 1: the policy is a LoRA adapter, the reference the base")
         if self.adapter is not None and not self.precompute_ref_log_probs:

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from pns_mini import rewards, scorers
-from pns_mini.config import main_guard, save_config
+from pns_mini.config import check_flags, main_guard, save_config
 from pns_mini.data import DataError, append_jsonl, format_prompt, load_problems, write_atomic
 from pns_mini.generation import sample
 from pns_mini.losses import (GRPO_LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss, grpo_normalizer,
@@ -151,15 +151,11 @@ class Config:
         if self.num_generations < 2:
             raise ValueError(f"--num-generations must be >= 2 (GRPO compares completions within a group), "
                              f"got {self.num_generations}")
-        for name in ("prompts_per_step", "per_device_train_batch_size", "max_steps", "num_iterations",
-                     "max_completion_length", "lora_r", "save_steps", "logging_steps", "log_samples_steps",
-                     "scorer_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        check_flags(self, {1: ("prompts_per_step", "per_device_train_batch_size", "max_steps", "num_iterations",
+                               "max_completion_length", "lora_r", "save_steps", "logging_steps", "log_samples_steps",
+                               "scorer_batch_size", "limit"), 0: ("warmup_steps",)},
+                    {"loss_type": GRPO_LOSS_TYPES, "scale_rewards": SCALE_REWARDS,
+                     "lr_scheduler_type": ("cosine", "constant")})
         if N % self.per_device_train_batch_size:
             raise ValueError(f"--per-device-train-batch-size {self.per_device_train_batch_size} must divide "
                              f"prompts_per_step x num_generations = {N}")
@@ -168,11 +164,6 @@ class Config:
                              "and --top-p in (0, 1]")
         if self.beta < 0 or self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ValueError("--beta must be >= 0, --epsilon > 0 and --epsilon-high >= 0")
-        for name, allowed in (("loss_type", GRPO_LOSS_TYPES), ("scale_rewards", SCALE_REWARDS)):
-            if (value := getattr(self, name)) not in allowed:
-                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.lr_scheduler_type not in ("cosine", "constant"):
-            raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
         weights = rewards.parse_reward_weights(self.reward_weights)
         if not any(weights.values()):
             raise ValueError(f"--reward-weights: all weights are zero ({self.reward_weights}): nothing to learn")

@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from pns_mini import data, generation, losses, runs, scorers
-from pns_mini.config import main_guard, save_config
+from pns_mini.config import check_flags, main_guard, save_config
 from pns_mini.modeling import (load_model_and_tokenizer, resolve_loading, save_atomic, sequence_scores,
                                trainable_parameters)
 
@@ -104,19 +104,10 @@ class Config:
     def __post_init__(self):
         if not 0.0 <= self.eval_fraction <= 0.5:
             raise ValueError(f"--eval-fraction must be in [0, 0.5], got {self.eval_fraction}")
-        if self.center_rewards_coefficient < 0:
-            raise ValueError(f"--center-rewards-coefficient must be >= 0, got {self.center_rewards_coefficient}")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
-                     "max_steps", "lora_r", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr_scheduler_type not in ("cosine", "constant"):
-            raise ValueError(f"--lr-scheduler-type must be cosine or constant, got {self.lr_scheduler_type!r}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1 or none, got {self.limit}")
-        for name in ("warmup_steps", "eval_steps", "save_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        check_flags(self, {1: ("per_device_train_batch_size", "gradient_accumulation_steps",
+                               "per_device_eval_batch_size", "max_steps", "lora_r", "max_length", "limit"),
+                           0: ("center_rewards_coefficient", "warmup_steps", "eval_steps", "save_steps")},
+                    {"lr_scheduler_type": ("cosine", "constant")})
 
 
 # What --resume may change: the run's length, and what is saved or evaluated; anything else is a new run.

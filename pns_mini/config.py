@@ -137,6 +137,22 @@ def json_type_error(tp, value) -> str | None:
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
+def check_flags(cfg, at_least: dict[int, tuple[str, ...]] | None = None, one_of: dict[str, tuple] | None = None):
+    """The range and choice guards of a Config's __post_init__: each field named in at_least[k]
+    is >= k (None passes a field typed `X | None`), each field in one_of holds one of its values.
+    ValueError names the flag: "--limit must be >= 1 or none, got -3"."""
+    hints = typing.get_type_hints(type(cfg))
+    for least, names in (at_least or {}).items():
+        for name in names:
+            value, optional = getattr(cfg, name), _base_type(hints[name])[1]
+            if value is not None and value < least:
+                none = " or none" if optional else ""
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {least}{none}, got {value}")
+    for name, allowed in (one_of or {}).items():
+        if (value := getattr(cfg, name)) not in allowed:
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def save_config(cfg, path: str | Path, **extra) -> None:
     """config.json (the config's fields, then `extra`), written to a temp name and renamed: a kill
     never leaves half of one."""

@@ -191,6 +191,9 @@ CASES = [
     ("a zero size", "generator", lambda w: gen(w, "--prompts-per-step", "0"), r"--prompts-per-step must be >= 1, got 0", None),
     ("a zero size (DPO)", "dpo", lambda w: dpo(w, w["pairs"], "--gradient-accumulation-steps", "0"),
      r"--gradient-accumulation-steps must be >= 1, got 0", None),
+    ("an unknown --negative-source", "synth", lambda w: ["--negative-source", "random", "--output-dir", str(w["root"] / "new")],
+     r"--negative-source must be one of pns, rejection, prompted, perturbed, got 'random'", None),
+    ("a negative --rpo-alpha", "dpo", lambda w: dpo(w, w["pairs"], "--rpo-alpha", "-1"), r"--rpo-alpha must be >= 0 or none, got -1.0", None),
     ("an unknown flag", "dpo", lambda w: dpo(w, w["pairs"], "--max-stpes", "3"), r"unrecognized arguments: --max-stpes 3", None),
 ]
 
