@@ -140,8 +140,8 @@ def tally(checks: list[dict]) -> dict[str, int]:
             "verified_wrong": sum(c["verified_wrong"] for c in checks)}
 
 
-def done_ids(out: Path) -> tuple[set[str], int, collections.Counter, set[int]]:
-    """(ids done, how many a kill cut and are redone, the running totals, batches with a metrics row). Done: all its
+def done_ids(out: Path) -> tuple[set[str], int, collections.Counter, dict | None]:
+    """(ids done, how many a kill cut and are redone, the running totals, the last metrics row). Done: all its
     pairs or its skip row written; a cut problem's pairs and unfinished problems' samples rows are removed: files
     read as an uninterrupted run's."""
     pairs, skipped, samples, metrics = (out / f"{name}.jsonl" for name in ("pairs", "skipped", "samples", "metrics"))
@@ -157,7 +157,7 @@ def done_ids(out: Path) -> tuple[set[str], int, collections.Counter, set[int]]:
             write_jsonl(path, new)
     candidates = [c for r in kept_samples for c in r["candidates"]]
     totals = collections.Counter(pairs=len(kept_rows), skipped=len(skip_rows), **tally(candidates))
-    return done, len(partial), totals, {r["batch"] for r in iter_jsonl_tolerant(metrics)}
+    return done, len(partial), totals, next(reversed(list(iter_jsonl_tolerant(metrics))), None)
 
 
 def messages(cfg: Config, tokenizer, question: str, chosen: str, rejected: str) -> dict:
@@ -283,13 +283,13 @@ def main(cfg: Config) -> dict:
     settings = {**{k: getattr(cfg, k) for k in IDENTITY_FIELDS}, "load_in_4bit": load_in_4bit}
     check_same_settings(out / "config.json", {**settings, "prompt_template": template_hash()}, "pairs")
     remove_stale_temps(out)
-    done, redone, totals, logged = done_ids(out)
+    done, redone, totals, last_row = done_ids(out)
     todo = [p for p in problems if p["id"] not in done]
     print(f"{len(problems)} problems, {len(problems) - len(todo)} already done"
           + (f" ({redone} cut by an interrupt are done again)" if redone else ""), file=sys.stderr)
     batches = range(0, len(problems), cfg.batch_size)  # fixed batches: a rerun finds the same
     if not todo and (out / "pairs.jsonl").exists():  # nothing to sample: no model load
-        if len(batches) - 1 not in logged:  # killed after its last pair, before the last batch's metrics row
+        if any((last_row or {}).get(k) != v for k, v in totals.items()):  # killed before the last metrics row
             append_jsonl(out / "metrics.jsonl", {"batch": len(batches) - 1, "problems": len(problems[batches[-1]:]),
                                                  **totals, "seconds": 0.0})
         return finish(out)
