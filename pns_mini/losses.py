@@ -61,6 +61,14 @@ def _group_std(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
     return rewards.view(-1, num_generations).std(dim=1)  # (N/G,)
 
 
+def _zero_spread(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """(N,) -> (N/G,) bool: the group's G rewards are all EXACTLY equal. Not `std isclose 0`:
+    float32's mean of G equal values can be an ulp off, so their std is ~2e-7, above isclose's
+    atol 1e-8 (8 rewards of 3.4745184)."""
+    grouped = rewards.view(-1, num_generations)  # (N/G, G)
+    return (grouped == grouped[:, :1]).all(dim=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # GRPO: advantages, KL estimator, clipped surrogate
 # ---------------------------------------------------------------------------------------------
@@ -74,11 +82,12 @@ def zero_std_fraction(rewards: torch.Tensor, num_generations: int) -> float:
         rewards: (N,) float, N = B * G, grouped contiguously (rows [kG, (k+1)G) are prompt k's).
         num_generations: G >= 2.
 
-    Zero spread means the group std is 0 up to `torch.isclose`'s atol (1e-8), as in TRL.
-    Unlike TRL with scale_rewards="batch" (which tests the batch std), this is always per group.
+    Zero spread means all G rewards are exactly equal (`_zero_spread`). TRL tests its group std
+    with `torch.isclose` (atol 1e-8), so it misses equal groups whose float std is an ulp above
+    0; with scale_rewards="batch" it tests the batch std. This is always per group.
     """
-    std = _group_std(rewards, num_generations)  # (N/G,)
-    return torch.isclose(std, torch.zeros_like(std)).float().mean().item()
+    _group_std(rewards, num_generations)  # checks the shapes
+    return _zero_spread(rewards, num_generations).float().mean().item()
 
 
 def group_advantages(
@@ -104,10 +113,10 @@ def group_advantages(
     Returns:
         (N,) advantages, one per completion (every token of a completion shares it).
 
-    A group whose rewards are all equal (std isclose 0) gets advantage exactly 0, never NaN: the
+    A group whose rewards are all equal (`_zero_spread`) gets advantage exactly 0, never NaN: the
     division is by std + eps, and we also zero those rows explicitly, because float rounding in
-    the mean leaves r - mean ~ 1e-8, which / (std + eps) leaks ~1e-3 (e.g. three rewards of 0.9 in
-    float32). TRL keeps that leak; this is our only deviation from its numbers.
+    the mean leaves r - mean ~ 1e-7, which / (std + eps) leaks up to ~2e-3 (three rewards of 0.9,
+    eight of 3.4745184 in float32). TRL keeps that leak; this is our only deviation from its numbers.
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
@@ -118,7 +127,7 @@ def group_advantages(
         centred = centred / (group_std.unsqueeze(1) + eps)
     elif scale_rewards == "batch":
         centred = centred / (rewards.std() + eps)
-    zero_spread = torch.isclose(group_std, torch.zeros_like(group_std)).unsqueeze(1)  # (N/G, 1)
+    zero_spread = _zero_spread(rewards, num_generations).unsqueeze(1)  # (N/G, 1)
     advantages = torch.where(zero_spread, torch.zeros_like(centred), centred)  # (N/G, G)
     return advantages.reshape(-1)  # (N,)
 

@@ -44,7 +44,8 @@ def epoch_order(n: int, seed: int, start: int, count: int) -> list[int]:
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, kind: str = "cosine") -> float:
     """Multiplier of the peak LR at optimizer step `step` (0-based): linear warmup over
-    `warmup_steps`, then cosine decay to 0 at `total_steps`, or constant."""
+    `warmup_steps` (the first step at 1/warmup_steps, where transformers' runs at 0), then cosine
+    decay reaching 0 at `total_steps` (the last step, total_steps - 1, is just above 0), or constant."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if kind == "constant":

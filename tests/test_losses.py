@@ -57,13 +57,15 @@ def test_group_advantages_batch_and_none_scaling_by_hand():
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
-def test_equal_rewards_give_exactly_zero_advantage(scale):
+@pytest.mark.parametrize("value, G", [(0.9, 3), (3.4745184, 8)])
+def test_equal_rewards_give_exactly_zero_advantage(scale, value, G):
     # 0.9 is not exact in float32: its mean over 3 rounds 6e-8 off, and 6e-8 / (std + 1e-4)
-    # would leak an advantage of ~6e-4 without group_advantages' explicit zeroing
-    rewards = torch.full((6,), 0.9)
-    adv = group_advantages(rewards, 3, scale_rewards=scale)
-    assert torch.equal(adv, torch.zeros(6))
-    assert zero_std_fraction(rewards, 3) == 1.0
+    # would leak an advantage of ~6e-4 without group_advantages' explicit zeroing; eight equal
+    # rewards of 3.4745184 have a float32 std of ~2e-7, which `std isclose 0` calls a spread
+    rewards = torch.full((G,), value)  # one group (how float32 sums a row depends on the tensor's size)
+    adv = group_advantages(rewards, G, scale_rewards=scale)
+    assert torch.equal(adv, torch.zeros(G))
+    assert zero_std_fraction(rewards, G) == 1.0
 
 
 @pytest.mark.parametrize(
