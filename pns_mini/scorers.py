@@ -85,12 +85,18 @@ def reward_model_text(tokenizer, prompt: list[dict] | str, completion: list[dict
     return text if text.endswith(tokenizer.eos_token) else text + tokenizer.eos_token
 
 
-def reward_model_parts(tokenizer, question: str, chat_template_kwargs: dict | None = None) -> tuple[str, str]:
-    """(text before the completion, text after it) of `reward_model_text` for the prompt the policy
-    saw: `data.prompt_messages(question)`, or `format_prompt`'s plain layout without a chat template."""
+def policy_prompt(tokenizer, question: str) -> list[dict] | str:
+    """The prompt the policy saw, as `reward_model_text` takes it: `data.prompt_messages(question)`,
+    or `format_prompt`'s plain layout without a chat template."""
     has_template = getattr(tokenizer, "chat_template", None)
-    prompt = prompt_messages(question) if has_template else format_prompt(tokenizer, question)
-    return _split_on_slot(reward_model_text(tokenizer, prompt, COMPLETION_SLOT, chat_template_kwargs))
+    return prompt_messages(question) if has_template else format_prompt(tokenizer, question)
+
+
+def reward_model_parts(tokenizer, question: str, chat_template_kwargs: dict | None = None) -> tuple[str, str]:
+    """(text before the completion, text after it) of `reward_model_text` for `policy_prompt`: the
+    cut of a row too long for the model (the template renders a placeholder for the completion)."""
+    return _split_on_slot(reward_model_text(tokenizer, policy_prompt(tokenizer, question), COMPLETION_SLOT,
+                                            chat_template_kwargs))
 
 
 def _scoring_parts(tokenizer, question: str, ask: str) -> tuple[str, str]:
@@ -399,6 +405,15 @@ class RewardModelScorer(_BatchedScorer):
         _check_lengths(questions, completions)
         rows = []
         for question, completion in zip(questions, completions):
+            if self.kind == "classifier":
+                # whole, as train_reward_model.py tokenizes a pair: a template that edits the content
+                # (Qwen3 re-renders a think block, Llama 3 trims) edits it here too; cut only when too long
+                prompt = policy_prompt(self.tokenizer, question)
+                text = reward_model_text(self.tokenizer, prompt, completion, self.chat_template_kwargs)
+                ids = self.tokenizer(text, add_special_tokens=not isinstance(prompt, list))["input_ids"]
+                if len(ids) <= self.max_length:
+                    rows.append(ids)
+                    continue
             head, tail = (reward_model_parts(self.tokenizer, question, self.chat_template_kwargs)
                           if self.kind == "classifier" else verifier_parts(self.tokenizer, question))
             rows.append(encode_with_completion(self.tokenizer, head, completion, tail, self.max_length))

@@ -258,3 +258,17 @@ def test_each_stage_runs_on_the_folder(folder, tmp_path, monkeypatch):
         tok(format_prompt(tok, question), add_special_tokens=False)["input_ids"]
     assert row["chosen"].endswith(tok.eos_token) and row["rejected"].endswith(tok.eos_token)
     assert (tmp_path / "dpo" / "final" / "adapter_config.json").exists()
+
+
+def test_a_trained_reward_model_scores_the_text_it_was_trained_on(folder):
+    # Qwen3's template re-renders a think block and strips a leading newline, Llama 3's trims the
+    # content: the scorer must tokenize what train_reward_model.encode trained on, edits included
+    import train_reward_model
+    from pns_mini.modeling import load_model_and_tokenizer
+    from pns_mini.scorers import RewardModelScorer
+    _, path, _, _ = folder
+    model, tok = load_model_and_tokenizer(path, num_labels=1)
+    rm = RewardModelScorer(model, tok, kind="classifier", max_length=4096)
+    completions = ["<think>\nadd them\n</think>\n\nSo \\boxed{5}.", "\nSo \\boxed{5}.", " So \\boxed{5}.\n"]
+    trained = [train_reward_model.encode(tok, prompt_messages(QUESTION), c) for c in completions]
+    assert rm.rows([QUESTION] * 3, completions) == trained
