@@ -282,6 +282,11 @@ def main(cfg: Config) -> dict:
         raise RuntimeError("the score head is frozen: the reward model would keep its random head "
                            "(load_model_and_tokenizer should put 'score' in modules_to_save)")
 
+    string_pair = next((p for p in pairs if not isinstance(p["chosen"], list)), None)
+    if string_pair is not None and getattr(tokenizer, "chat_template", None):  # scorers.policy_prompt's form
+        raise data.DataError(f"{cfg.pairs}:{string_pair['line']}: a string-form pair for a model with a chat "
+                             f"template: the scorers feed this reward model the chat form of the policy's prompt, "
+                             f"so train it on conversational pairs (synthesize.py --pair-format conversational)")
     for p in train_pairs + eval_pairs:
         for side in ("chosen", "rejected"):
             p[f"{side}_ids"] = encode(tokenizer, p["prompt"], p[side], p.get("chat_template_kwargs"))

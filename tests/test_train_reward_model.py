@@ -94,6 +94,15 @@ def test_malformed_row_names_file_line_and_field(tmp_path, line3, message):
         trm.main(config("no-such-model", path, tmp_path / "run"))
 
 
+def test_string_pairs_for_a_chat_model_are_refused(tmp_path, tiny_model_dir):
+    # the scorers feed a trained reward model the chat form: a string-form pair would train it on other text
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "Q", "chosen": "A", "rejected": "B"}\n')
+    with pytest.raises(DataError, match="pairs.jsonl:1: a string-form pair for a model with a chat template"):
+        trm.main(config(tiny_model_dir, path, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Scores do not depend on padding
 # ---------------------------------------------------------------------------------------------
