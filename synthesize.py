@@ -259,11 +259,12 @@ def check_candidates(group: Group, gold: str) -> list[dict]:
 
 
 def select_negatives(source: str, checks: list[dict], n: int, rng: random.Random) -> list[int]:
-    """The pair-selection rule: indices of at most n verified-wrong candidates, best first, that become the
-    problem's rejected sides. RANKED (pns, prompted): by stage 1's reward `total` (all that qualify have format =
+    """The pair-selection rule: indices of at most n verified-wrong candidates of distinct texts (the first of
+    equal ones: no pair twice), best first, that become the problem's rejected sides. RANKED (pns, prompted): by stage 1's reward `total` (all that qualify have format =
     accuracy = 1: the weighted RM + judge score), ties in sample order. rejection, perturbed: at random (rng seeded
     per problem): the paper's rejection-sampled negative is any wrong sample; ranking it would bias its RM score."""
-    kept = [j for j, c in enumerate(checks) if c["verified_wrong"]]
+    texts = [c["text"] if c["verified_wrong"] else None for c in checks]
+    kept = [j for j, t in enumerate(texts) if t is not None and texts.index(t) == j]  # the first of equal texts
     if source in RANKED:
         return sorted(kept, key=lambda j: -(checks[j]["total"] or 0.0))[:n]
     return rng.sample(kept, min(n, len(kept)))

@@ -21,7 +21,8 @@ Examples
 Method choices and deviations
     - The paper (arXiv 2602.03516) trains the policy with DPO on PNS pairs, hyperparameters not public.
       TRL's defaults where a concept matches (beta 0.1, sigmoid, max_length 1024, max_grad_norm 1.0); LoRA lr 5e-6.
-    - Sequence log-probs: SUMS over completion tokens (EOS included), as in DPO and TRL; both sides in one forward.
+    - Sequence log-probs: SUMS over completion tokens (EOS included), as in DPO and TRL (TRL's ipo alone
+      length-averages: design.md); both sides in one forward.
     - Reference: the model with its LoRA adapter off (no second copy), or log-probs computed once before training
       and cached (--precompute-ref-log-probs), which --adapter needs so that the starting adapter is the reference.
     - Pairs over max_length are dropped and counted, never truncated: that cuts off the answer telling them apart.

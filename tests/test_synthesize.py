@@ -288,8 +288,8 @@ def test_select_negatives_ranks_plausible_sources_and_picks_the_others_at_random
     the highest composite totals (ties in sample order); rejection / perturbed a seeded random
     subset, whatever the totals say."""
     import random
-    checks = [{"verified_wrong": True, "total": 1.2}, {"verified_wrong": False, "total": 9.0},
-              {"verified_wrong": True, "total": 1.9}, {"verified_wrong": True, "total": 1.2}]
+    checks = [{"text": t, "verified_wrong": w, "total": x}
+              for t, w, x in (("a", True, 1.2), ("b", False, 9.0), ("c", True, 1.9), ("d", True, 1.2))]
     for source in ("pns", "prompted"):
         assert S.select_negatives(source, checks, 2, random.Random(0)) == [2, 0]
         assert S.select_negatives(source, checks, 5, random.Random(0)) == [2, 0, 3]
@@ -297,4 +297,8 @@ def test_select_negatives_ranks_plausible_sources_and_picks_the_others_at_random
     assert picks == {(0,), (2,), (3,)}  # uniform over the qualifying three, never the unqualified one
     assert S.select_negatives("perturbed", checks, 2, random.Random(7)) == \
         S.select_negatives("perturbed", checks, 2, random.Random(7))
-    assert S.select_negatives("rejection", [{"verified_wrong": False, "total": 1.0}], 1, random.Random(0)) == []
+    assert S.select_negatives("rejection", [{"text": "a", "verified_wrong": False, "total": 1.0}], 1,
+                              random.Random(0)) == []
+    twice = checks + [{"text": "c", "verified_wrong": True, "total": 1.9}]  # a sample drawn twice: one pair, not two
+    assert S.select_negatives("pns", twice, 5, random.Random(0)) == [2, 0, 3]
+    assert sorted(S.select_negatives("rejection", twice, 5, random.Random(0))) == [0, 2, 3]
